@@ -1,0 +1,272 @@
+//! Configuration of the protocol core: identities, trust, endpoint binding and the
+//! limits that bound each attack.
+//!
+//! Implements the defaults of spec section "Default limits" (LIM-001..LIM-008).
+
+use crate::identity::{Identity, IdentityKey};
+use crate::message::CapRequest;
+use crate::noise::KeyPair;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// The WebSocket subprotocol every toolwire connection negotiates (TRN-002).
+pub const SUBPROTOCOL: &str = "toolwire.v1";
+
+/// Limits of one connection. Each field's doc gives its default and the attack it
+/// bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// Largest record body (ciphertext with tag) accepted. Default 64 KiB. Bounds
+    /// memory per record; larger payloads stream as STREAM_ITEM chunks.
+    pub max_record_body: usize,
+    /// Time from connection start to handshake completion. Default 5 s. Bounds
+    /// connections that hold a slot without authenticating.
+    pub handshake_timeout: Duration,
+    /// Time without any record from the peer before closing. Default 90 s. Bounds
+    /// abandoned connections.
+    pub idle_timeout: Duration,
+    /// Interval after which the client sends a PING when it has sent nothing. Default
+    /// 30 s. Keeps idle connections alive through proxies; WebSocket pings are not
+    /// authenticated, these are.
+    pub keepalive_interval: Duration,
+    /// Records per epoch before the sender rekeys. Default 2^20. Limits what one key
+    /// ever protects.
+    pub rekey_after_records: u64,
+    /// Time per epoch before the sender rekeys. Default 5 min. Limits how far back a
+    /// stolen key reaches.
+    pub rekey_after: Duration,
+    /// Maximum age of a session; the server closes it with SESSION_EXPIRED after this.
+    /// Default 62 min (clients re-handshake at 60). Bounds session riding after a
+    /// revocation that a client never sees.
+    pub session_lifetime: Duration,
+    /// Require sequence numbers in strict order (any gap or reordering closes with
+    /// REPLAY_DETECTED). Default true: WebSocket runs over TCP. A multi-path or relay
+    /// transport may turn it off and rely on the replay window alone.
+    pub strict_order: bool,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_record_body: crate::record::DEFAULT_MAX_BODY_LEN,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(90),
+            keepalive_interval: Duration::from_secs(30),
+            rekey_after_records: 1 << 20,
+            rekey_after: Duration::from_secs(5 * 60),
+            session_lifetime: Duration::from_secs(62 * 60),
+            strict_order: true,
+        }
+    }
+}
+
+/// A Noise static key pair and the identity's signature binding it (HS-008).
+pub(crate) struct StaticBinding {
+    secret: Zeroizing<[u8; 32]>,
+    pub(crate) public: [u8; 32],
+    pub(crate) signature: [u8; 64],
+}
+
+impl StaticBinding {
+    fn new(identity: &Identity, domain: &[u8], rng: &mut impl rand_core::CryptoRngCore) -> Self {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(secret.as_mut());
+        let public = KeyPair::from_secret_bytes(*secret).public_key();
+        let signature = identity.sign(&crate::handshake::static_binding_message(domain, &public));
+        Self {
+            secret,
+            public,
+            signature,
+        }
+    }
+
+    pub(crate) fn key_pair(&self) -> KeyPair {
+        KeyPair::from_secret_bytes(*self.secret)
+    }
+
+    #[cfg(feature = "__testing")]
+    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+        *self.secret
+    }
+}
+
+impl std::fmt::Debug for StaticBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticBinding")
+            .field("public", &hex::encode(self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a client needs to open sessions.
+#[derive(Debug)]
+pub struct ClientConfig {
+    pub(crate) identity: Identity,
+    pub(crate) static_binding: StaticBinding,
+    pub(crate) trusted_servers: Vec<IdentityKey>,
+    pub(crate) endpoint: String,
+    pub(crate) cap_request: CapRequest,
+    pub(crate) lineage: Option<[u8; 16]>,
+    pub(crate) limits: ConnectionLimits,
+}
+
+impl ClientConfig {
+    /// A client with `identity` that trusts only the servers whose identity keys are in
+    /// `trusted_servers` (pinning, ID-003), dialing `endpoint` (the URL bound into the
+    /// prologue, HS-003). `rng` creates the Noise static key.
+    pub fn new(
+        identity: Identity,
+        trusted_servers: Vec<IdentityKey>,
+        endpoint: impl Into<String>,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Self {
+        let static_binding =
+            StaticBinding::new(&identity, crate::handshake::CLIENT_STATIC_DOMAIN, rng);
+        Self {
+            identity,
+            static_binding,
+            trusted_servers,
+            endpoint: endpoint.into(),
+            cap_request: CapRequest::default(),
+            lineage: None,
+            limits: ConnectionLimits::default(),
+        }
+    }
+
+    /// The capability request sent in handshake message 3: tools wanted and grants
+    /// presented.
+    pub fn with_cap_request(mut self, cap_request: CapRequest) -> Self {
+        self.cap_request = cap_request;
+        self
+    }
+
+    /// Resume this at-most-once lineage (AMO-002).
+    pub fn with_lineage(mut self, lineage: [u8; 16]) -> Self {
+        self.lineage = Some(lineage);
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The client identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The endpoint URL bound into the handshake.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+}
+
+/// Everything a server needs to accept sessions.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub(crate) identity: Identity,
+    pub(crate) static_binding: StaticBinding,
+    pub(crate) allowed_clients: Vec<IdentityKey>,
+    pub(crate) grant_issuers: Vec<IdentityKey>,
+    pub(crate) allow_any_client: bool,
+    pub(crate) endpoint: String,
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) max_clock_skew_secs: i64,
+}
+
+impl ServerConfig {
+    /// A server with `identity`, reachable by clients at `endpoint` (the public URL
+    /// they dial, bound into the prologue). With no allowed clients and no grant
+    /// issuers, no client authenticates: add at least one.
+    pub fn new(
+        identity: Identity,
+        endpoint: impl Into<String>,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Self {
+        let static_binding =
+            StaticBinding::new(&identity, crate::handshake::SERVER_STATIC_DOMAIN, rng);
+        Self {
+            identity,
+            static_binding,
+            allowed_clients: Vec::new(),
+            grant_issuers: Vec::new(),
+            allow_any_client: false,
+            endpoint: endpoint.into(),
+            limits: ConnectionLimits::default(),
+            max_clock_skew_secs: 30,
+        }
+    }
+
+    /// Allows these client identities (AUTH-002).
+    pub fn allow_clients(mut self, keys: impl IntoIterator<Item = IdentityKey>) -> Self {
+        self.allowed_clients.extend(keys);
+        self
+    }
+
+    /// Trusts grants issued by these keys: a client presenting a valid grant from one
+    /// of them authenticates even if it is not allowed by key (AUTH-003).
+    pub fn trust_grant_issuers(mut self, keys: impl IntoIterator<Item = IdentityKey>) -> Self {
+        self.grant_issuers.extend(keys);
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Tolerated clock difference when checking grant `exp`/`nbf`. Default 30 s.
+    pub fn with_max_clock_skew(mut self, seconds: i64) -> Self {
+        self.max_clock_skew_secs = seconds;
+        self
+    }
+
+    /// Options that weaken security. Each is explicit and named for what it gives up.
+    pub fn dangerous(&mut self) -> DangerousServerConfig<'_> {
+        DangerousServerConfig { config: self }
+    }
+
+    /// The server identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The endpoint URL bound into the handshake.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+
+    /// Trusted grant issuers.
+    pub fn grant_issuers(&self) -> &[IdentityKey] {
+        &self.grant_issuers
+    }
+}
+
+/// Security-weakening switches of a [`ServerConfig`].
+#[derive(Debug)]
+pub struct DangerousServerConfig<'a> {
+    config: &'a mut ServerConfig,
+}
+
+impl DangerousServerConfig<'_> {
+    /// Accept any client that proves possession of *some* identity key. The session
+    /// still authenticates that key; authorization must then come from elsewhere.
+    pub fn allow_any_client(&mut self) -> &mut Self {
+        self.config.allow_any_client = true;
+        self
+    }
+}

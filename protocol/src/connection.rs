@@ -1,0 +1,498 @@
+//! The sans-IO connection: one state machine per WebSocket, for either side.
+//!
+//! A driver moves bytes and time in and out; the connection makes every protocol
+//! decision. Call order, after creating the connection:
+//!
+//! 1. feed each received binary WebSocket message to [`Connection::handle_record`];
+//! 2. when the instant from [`Connection::poll_timeout`] passes, call
+//!    [`Connection::handle_timeout`];
+//! 3. after either, and after [`Connection::send`] or [`Connection::close`], drain
+//!    [`Connection::poll_transmit`] (each item is one binary WebSocket message, in
+//!    order) and [`Connection::poll_event`];
+//! 4. once [`Connection::is_closed`], send the queued records, then a WebSocket close
+//!    frame with [`Connection::close_code`], and drop the connection.
+//!
+//! Time (`now`) and randomness are injected; nothing here reads a clock or a socket.
+//!
+//! Implements spec sections "Connection lifecycle" (LIFE-001..LIFE-010), "Keepalive"
+//! (LIFE-006) and "Close" (CLS-001..CLS-004).
+
+use crate::codes::CloseCode;
+use crate::config::{ClientConfig, ConnectionLimits, ServerConfig};
+use crate::error::{Error, LocalError, Misbehavior, Side, TimeoutKind};
+use crate::handshake::{ClientHandshake, ServerAwaitingFinish, ServerHandshake, SessionInfo};
+use crate::message::{Close, Message, Ping};
+use crate::transport::Transport;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which role a connection plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The agent side, which dials and initiates the handshake.
+    Client,
+    /// The tool server side.
+    Server,
+}
+
+/// Something the application must know about.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake completed; the peer is authenticated.
+    Established(SessionInfo),
+    /// An application message arrived (CAP_*, REQUEST, RESPONSE, STREAM_ITEM, ERROR,
+    /// CANCEL). Keepalive, key updates and CLOSE are handled inside.
+    Message(Message),
+    /// The connection closed.
+    Closed {
+        /// The close code.
+        code: CloseCode,
+        /// Who closed it.
+        side: Side,
+        /// The error that caused a local close, if any.
+        error: Option<Error>,
+    },
+}
+
+enum State {
+    ClientAwaitingServerHello(ClientHandshake),
+    ServerAwaitingInit(ServerHandshake),
+    ServerAwaitingFinish(ServerAwaitingFinish),
+    Established(Box<Transport>),
+    Closed,
+}
+
+/// One toolwire connection's protocol state. See the module docs for the call order.
+pub struct Connection {
+    role: Role,
+    state: State,
+    limits: ConnectionLimits,
+    started: Instant,
+    unix_at_start: i64,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    closed: Option<(CloseCode, Side)>,
+    session: Option<SessionInfo>,
+    session_lifetime: Duration,
+    established_at: Option<Instant>,
+    last_received: Instant,
+    last_sent: Instant,
+    epoch_started: Instant,
+    next_ping_nonce: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("role", &self.role)
+            .field("closed", &self.closed)
+            .field(
+                "session_id",
+                &self.session.as_ref().map(|s| hex::encode(s.session_id)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A client connection; record 1 is queued for transmission at once.
+    pub fn client(
+        config: Arc<ClientConfig>,
+        now: Instant,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Self {
+        let (handshake, record) = ClientHandshake::start(config.clone(), rng);
+        Self::client_from(config, handshake, record, now)
+    }
+
+    fn client_from(
+        config: Arc<ClientConfig>,
+        handshake: ClientHandshake,
+        record: Vec<u8>,
+        now: Instant,
+    ) -> Self {
+        let mut connection = Self::new(
+            Role::Client,
+            State::ClientAwaitingServerHello(handshake),
+            config.limits.clone(),
+            now,
+            0,
+        );
+        connection.transmits.push_back(record);
+        connection
+    }
+
+    /// A server connection. `unix_now` is the wall-clock time (Unix seconds) at `now`;
+    /// later wall-clock times are derived from the monotonic `now` passed in.
+    pub fn server(
+        config: Arc<ServerConfig>,
+        now: Instant,
+        unix_now: i64,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Self {
+        let limits = config.limits.clone();
+        let handshake = ServerHandshake::new(config, rng);
+        Self::new(
+            Role::Server,
+            State::ServerAwaitingInit(handshake),
+            limits,
+            now,
+            unix_now,
+        )
+    }
+
+    fn new(
+        role: Role,
+        state: State,
+        limits: ConnectionLimits,
+        now: Instant,
+        unix_now: i64,
+    ) -> Self {
+        Self {
+            role,
+            state,
+            session_lifetime: limits.session_lifetime,
+            limits,
+            started: now,
+            unix_at_start: unix_now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            closed: None,
+            session: None,
+            established_at: None,
+            last_received: now,
+            last_sent: now,
+            epoch_started: now,
+            next_ping_nonce: 0,
+        }
+    }
+
+    /// This connection's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// What the handshake established, once it has.
+    pub fn session(&self) -> Option<&SessionInfo> {
+        self.session.as_ref()
+    }
+
+    /// Whether the handshake has completed and the connection is open.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established(_))
+    }
+
+    /// Whether the connection is closed (no more records are accepted or sent).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// The close code and who closed, once closed. The driver sends this code in the
+    /// WebSocket close frame after the queued records.
+    pub fn close_code(&self) -> Option<(CloseCode, Side)> {
+        self.closed
+    }
+
+    /// The transport state, once established (counters, epochs).
+    pub fn transport(&self) -> Option<&Transport> {
+        match &self.state {
+            State::Established(transport) => Some(transport),
+            _ => None,
+        }
+    }
+
+    /// Wall-clock seconds at `now`, derived from the values given at creation.
+    pub fn unix_time(&self, now: Instant) -> i64 {
+        let elapsed = i64::try_from(now.saturating_duration_since(self.started).as_secs())
+            .unwrap_or(i64::MAX);
+        self.unix_at_start.saturating_add(elapsed)
+    }
+
+    /// Next record to send as one binary WebSocket message.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) must be
+    /// called; `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Closed => None,
+            State::Established(_) => {
+                let mut deadline = self.last_received + self.limits.idle_timeout;
+                deadline = deadline.min(self.epoch_started + self.limits.rekey_after);
+                if let Some(established) = self.established_at {
+                    deadline = deadline.min(established + self.session_lifetime);
+                }
+                if self.role == Role::Client {
+                    deadline = deadline.min(self.last_sent + self.limits.keepalive_interval);
+                }
+                Some(deadline)
+            }
+            _ => Some(self.started + self.limits.handshake_timeout),
+        }
+    }
+
+    /// Processes the passage of time: handshake, idle and session deadlines,
+    /// time-based rekey, client keepalive.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when a deadline closed the connection (the close is already
+    /// queued); [`Error::LimitExceeded`] if a rekey or PING found the sequence space
+    /// used up.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        match &self.state {
+            State::Closed => Ok(()),
+            State::Established(_) => {
+                if now >= self.last_received + self.limits.idle_timeout {
+                    return Err(self.fail(Error::Timeout(TimeoutKind::Idle)));
+                }
+                if let Some(established) = self.established_at {
+                    if now >= established + self.session_lifetime {
+                        return Err(self.fail(Error::Timeout(TimeoutKind::SessionLifetime)));
+                    }
+                }
+                if now >= self.epoch_started + self.limits.rekey_after {
+                    self.rekey_now(now)?;
+                }
+                if self.role == Role::Client
+                    && now >= self.last_sent + self.limits.keepalive_interval
+                {
+                    let nonce = self.next_ping_nonce;
+                    self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
+                    self.send(now, Message::Ping(Ping { nonce }))?;
+                }
+                Ok(())
+            }
+            _ => {
+                if now >= self.started + self.limits.handshake_timeout {
+                    return Err(self.fail(Error::Timeout(TimeoutKind::Handshake)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Processes one received binary WebSocket message.
+    ///
+    /// # Errors
+    /// Any error here has closed the connection (check [`close_code`](Self::close_code)),
+    /// except [`Error::Closed`], returned for records arriving after the close.
+    pub fn handle_record(&mut self, now: Instant, record: &[u8]) -> Result<(), Error> {
+        if let Some((code, side)) = self.closed {
+            return Err(Error::Closed { code, side });
+        }
+        let state = std::mem::replace(&mut self.state, State::Closed);
+        let result = match state {
+            State::ClientAwaitingServerHello(handshake) => {
+                handshake.read_server_hello(record).map(|finished| {
+                    self.transmits.push_back(finished.record);
+                    self.session_lifetime =
+                        Duration::from_millis(finished.session.params.session_lifetime_ms)
+                            .min(self.limits.session_lifetime);
+                    self.establish(now, finished.transport, finished.session);
+                })
+            }
+            State::ServerAwaitingInit(handshake) => {
+                handshake.read_client_init(record).map(|(next, reply)| {
+                    self.transmits.push_back(reply);
+                    self.state = State::ServerAwaitingFinish(next);
+                })
+            }
+            State::ServerAwaitingFinish(handshake) => handshake
+                .read_client_finish(record, self.unix_time(now))
+                .map(|(transport, session)| self.establish(now, transport, session)),
+            State::Established(mut transport) => {
+                let opened = transport.open(record);
+                self.state = State::Established(transport);
+                opened.and_then(|message| self.receive_message(now, message))
+            }
+            State::Closed => Ok(()),
+        };
+        result.map_err(|error| self.fail(error))
+    }
+
+    fn establish(&mut self, now: Instant, transport: Transport, session: SessionInfo) {
+        self.state = State::Established(Box::new(transport));
+        self.established_at = Some(now);
+        self.last_received = now;
+        self.last_sent = now;
+        self.epoch_started = now;
+        self.session = Some(session.clone());
+        self.events.push_back(Event::Established(session));
+    }
+
+    fn receive_message(&mut self, now: Instant, message: Message) -> Result<(), Error> {
+        self.last_received = now;
+        match message {
+            Message::KeyUpdate(_) | Message::Pong(_) => Ok(()),
+            Message::Ping(ping) => self.send(now, Message::Pong(ping)),
+            Message::Close(close) => {
+                let code = close.close_code();
+                self.closed = Some((code, Side::Remote));
+                self.state = State::Closed;
+                self.events.push_back(Event::Closed {
+                    code,
+                    side: Side::Remote,
+                    error: None,
+                });
+                Ok(())
+            }
+            message => {
+                if !self.may_receive(&message) {
+                    return Err(Error::PeerMisbehaved(Misbehavior::UnexpectedMessage));
+                }
+                self.events.push_back(Event::Message(message));
+                Ok(())
+            }
+        }
+    }
+
+    /// MSG-004: which application messages each role may receive.
+    fn may_receive(&self, message: &Message) -> bool {
+        match self.role {
+            Role::Server => matches!(
+                message,
+                Message::Request(_)
+                    | Message::Cancel(_)
+                    | Message::CapRequest(_)
+                    | Message::Error(_)
+            ),
+            Role::Client => matches!(
+                message,
+                Message::CapGrant(_)
+                    | Message::CapUpdate(_)
+                    | Message::Response(_)
+                    | Message::StreamItem(_)
+                    | Message::Error(_)
+            ),
+        }
+    }
+
+    /// Sends one application message.
+    ///
+    /// # Errors
+    /// [`LocalError::NotEstablished`] before the handshake completes;
+    /// [`LocalError::MessageTooLarge`] for a message that does not fit in a record
+    /// (the connection stays open); [`Error::Closed`] after the close;
+    /// [`Error::LimitExceeded`] when the sequence space is used up (the connection is
+    /// closed with SEQUENCE_EXHAUSTED).
+    pub fn send(&mut self, now: Instant, message: Message) -> Result<(), Error> {
+        if let Some((code, side)) = self.closed {
+            return Err(Error::Closed { code, side });
+        }
+        let State::Established(transport) = &mut self.state else {
+            return Err(Error::Local(LocalError::NotEstablished));
+        };
+        if transport.send_exhausted() {
+            return Err(self.fail(Error::LimitExceeded(crate::error::Limit::SequenceSpace)));
+        }
+        if transport.records_in_send_epoch() >= self.limits.rekey_after_records {
+            self.rekey_now(now)?;
+        }
+        let State::Established(transport) = &mut self.state else {
+            return Err(Error::Local(LocalError::NotEstablished));
+        };
+        match transport.seal(&message) {
+            Ok(record) => {
+                self.transmits.push_back(record);
+                self.last_sent = now;
+                Ok(())
+            }
+            Err(error @ Error::Local(_)) => Err(error),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    fn rekey_now(&mut self, now: Instant) -> Result<(), Error> {
+        let State::Established(transport) = &mut self.state else {
+            return Ok(());
+        };
+        match transport.seal_key_update() {
+            Ok(record) => {
+                self.transmits.push_back(record);
+                self.epoch_started = now;
+                self.last_sent = now;
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Closes the connection with `code`: an authenticated CLOSE record is queued when
+    /// keys exist (CLS-002). Closing twice does nothing.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.close_with(code, Side::Local, reason, None);
+    }
+
+    /// Records a local failure, closes with its code, and hands the error back.
+    fn fail(&mut self, error: Error) -> Error {
+        if self.closed.is_none() {
+            let code = error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR);
+            // No detail for the peer: the code says enough, and the reason of a
+            // security failure would help an attacker probe (HS-019).
+            self.close_with(code, Side::Local, "", Some(error.clone()));
+        }
+        error
+    }
+
+    fn close_with(&mut self, code: CloseCode, side: Side, reason: &str, error: Option<Error>) {
+        if let State::Established(transport) = &mut self.state {
+            let close = Message::Close(Close {
+                code: code.0,
+                reason: reason.to_owned(),
+            });
+            if let Ok(record) = transport.seal(&close) {
+                self.transmits.push_back(record);
+            }
+        }
+        self.state = State::Closed;
+        self.closed = Some((code, side));
+        self.events.push_back(Event::Closed { code, side, error });
+    }
+
+    #[cfg(feature = "__testing")]
+    pub(crate) fn transport_mut(&mut self) -> Option<&mut Transport> {
+        match &mut self.state {
+            State::Established(transport) => Some(transport),
+            _ => None,
+        }
+    }
+
+    #[cfg(feature = "__testing")]
+    pub(crate) fn client_with_handshake(
+        config: Arc<ClientConfig>,
+        handshake: ClientHandshake,
+        record: Vec<u8>,
+        now: Instant,
+    ) -> Self {
+        Self::client_from(config, handshake, record, now)
+    }
+
+    #[cfg(feature = "__testing")]
+    pub(crate) fn server_with_handshake(
+        config: Arc<ServerConfig>,
+        handshake: ServerHandshake,
+        now: Instant,
+        unix_now: i64,
+    ) -> Self {
+        let limits = config.limits.clone();
+        Self::new(
+            Role::Server,
+            State::ServerAwaitingInit(handshake),
+            limits,
+            now,
+            unix_now,
+        )
+    }
+}
