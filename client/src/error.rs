@@ -1,0 +1,101 @@
+//! Errors of the client: connecting, and calling.
+
+use toolwire_protocol::{CloseCode, ErrorCode, Side};
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL is not a `ws://` or `wss://` URL, or uses plain `ws://` to a host that
+    /// is not loopback without `dangerous().allow_plaintext()`.
+    #[error("refusing to connect: {0}")]
+    InsecureOrInvalidUrl(String),
+    /// The configuration is incomplete (no identity, no pinned server).
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// TCP connect or the WebSocket upgrade failed (includes HTTP refusals such as
+    /// 403 for a foreign Origin).
+    #[error("WebSocket connection failed: {0}")]
+    WebSocket(String),
+    /// The server did not echo the `toolwire.v1` subprotocol.
+    #[error("server did not accept the toolwire.v1 subprotocol")]
+    SubprotocolNotAccepted,
+    /// The handshake or the initial grant failed; the code is what the connection was
+    /// closed with (AUTH_FAILED when the server's identity is not pinned, …).
+    #[error("handshake failed: {error} (close {code})")]
+    Handshake {
+        /// The protocol error.
+        error: toolwire_protocol::Error,
+        /// The close code.
+        code: CloseCode,
+    },
+    /// The server closed the connection before granting capabilities.
+    #[error("connection closed by {side} side with {code} during connect")]
+    Closed {
+        /// The close code.
+        code: CloseCode,
+        /// Who closed.
+        side: Side,
+    },
+    /// The handshake or the capability grant did not arrive in time.
+    #[error("connect timed out")]
+    Timeout,
+    /// The server's signed tool manifest did not verify.
+    #[error("the server's tool manifest did not verify")]
+    BadManifest,
+}
+
+/// Why a call did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The server answered with an RPC error.
+    #[error("{code}: {message}")]
+    Rpc {
+        /// The RPC error code.
+        code: ErrorCode,
+        /// The server's message.
+        message: String,
+        /// For RESOURCE_EXHAUSTED: when a retry may succeed.
+        retry_after_ms: Option<u64>,
+    },
+    /// The connection closed before the call was answered.
+    #[error("connection closed with {code} before the call was answered")]
+    ConnectionClosed {
+        /// The close code.
+        code: CloseCode,
+    },
+    /// The call's deadline passed on the client side (the server was sent CANCEL).
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The tool's definition changed since this session's grant; it is not callable
+    /// until granted again.
+    #[error("the definition of tool `{tool}` changed (manifest no longer matches the grant)")]
+    ManifestChanged {
+        /// The tool.
+        tool: String,
+    },
+    /// The tool is not granted to this session.
+    #[error("tool `{tool}` is not granted to this session")]
+    NotGranted {
+        /// The tool.
+        tool: String,
+    },
+    /// The arguments could not be encoded or the result decoded.
+    #[error("encoding: {0}")]
+    Encoding(String),
+    /// The response's envelope signature did not verify under the pinned server key.
+    #[error("response signature did not verify")]
+    BadResponseSignature,
+}
+
+impl CallError {
+    /// The RPC error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Rpc { code, .. } => Some(*code),
+            CallError::DeadlineExceeded => Some(ErrorCode::DEADLINE_EXCEEDED),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! # toolwire-client
+//!
+//! The agent side of toolwire: a thin tokio + tokio-tungstenite driver around the
+//! sans-IO [`toolwire_protocol::Connection`]. It dials, runs the handshake, keeps the
+//! connection alive and multiplexes many calls over it; every protocol decision is the
+//! protocol crate's.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use toolwire_client::{Client, protocol::{Identity, IdentityKey}};
+//! let identity = Identity::generate(&mut rand_core::OsRng);
+//! let server_key: IdentityKey = "CpeWKVTQpomJ2y54KVBYPNcgXQV4JKSsWPa2ZQ6Ghe0".parse()?;
+//! let session = Client::builder()
+//!     .identity(identity)
+//!     .pin_server(server_key)
+//!     .connect("ws://127.0.0.1:7700/toolwire")
+//!     .await?;
+//! let result = session.call("echo", &serde_json::json!({"text": "hi"})).await?;
+//! println!("{result}");
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod builder;
+mod error;
+mod session;
+
+pub use builder::{Client, ClientBuilder, DangerousClientBuilder};
+pub use error::{CallError, ConnectError};
+pub use session::{CallOptions, CallStream, Session, StreamEvent};
+pub use toolwire_protocol as protocol;

@@ -1,0 +1,316 @@
+//! Building a server: identity, trust, Origin policy, limits, tools.
+
+use crate::tool::{Registry, SchemaError, Tool};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use toolwire_protocol::manifest::Manifest;
+use toolwire_protocol::message::SignedManifest;
+use toolwire_protocol::upgrade::{InvalidOrigin, UpgradePolicy};
+use toolwire_protocol::{ConnectionLimits, Identity, IdentityKey, ServerConfig};
+
+/// Server limits. Each field's doc gives its default and the attack it bounds.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Per-connection protocol limits (record size, handshake/idle deadlines, rekey,
+    /// session lifetime).
+    pub connection: ConnectionLimits,
+    /// Calls in flight per connection. Default 64. Bounds work one connection can
+    /// queue.
+    pub max_in_flight: u32,
+    /// Sustained calls per second per identity. Default 100. Bounds floods.
+    pub rate_per_sec: u32,
+    /// Burst of the per-identity bucket. Default 200.
+    pub burst: u32,
+    /// Sustained calls per second per (identity, tool). Default 100. Lets one
+    /// expensive tool be throttled without starving the others.
+    pub per_tool_rate_per_sec: u32,
+    /// Burst of the per-(identity, tool) bucket. Default 200.
+    pub per_tool_burst: u32,
+    /// Unauthenticated connections (upgrade or handshake in progress) per IP.
+    /// Default 64; beyond it the upgrade is answered 429. Bounds connection floods
+    /// from one address.
+    pub max_unauthenticated_per_ip: usize,
+    /// Unauthenticated connections in total. Default 1024; beyond it 503.
+    pub max_unauthenticated_total: usize,
+    /// Time allowed for the HTTP upgrade. Default 5 s. Bounds slow-loris upgrades.
+    pub upgrade_timeout: Duration,
+    /// Consecutive RESOURCE_EXHAUSTED refusals after which the connection is closed
+    /// with RATE_LIMITED (4008). Default 100.
+    pub max_consecutive_refusals: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connection: ConnectionLimits::default(),
+            max_in_flight: 64,
+            rate_per_sec: 100,
+            burst: 200,
+            per_tool_rate_per_sec: 100,
+            per_tool_burst: 200,
+            max_unauthenticated_per_ip: 64,
+            max_unauthenticated_total: 1024,
+            upgrade_timeout: Duration::from_secs(5),
+            max_consecutive_refusals: 100,
+        }
+    }
+}
+
+/// Why a server could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A tool's input schema is not a valid JSON Schema.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// An allowed origin can never match.
+    #[error(transparent)]
+    Origin(#[from] InvalidOrigin),
+    /// Two tools share a name.
+    #[error("two tools are named `{0}`")]
+    DuplicateTool(String),
+    /// No client could ever authenticate.
+    #[error("no client can authenticate: allow a client key or trust a grant issuer")]
+    NoClients,
+}
+
+/// Which tools an allowlisted client may call.
+#[derive(Debug, Clone)]
+pub(crate) enum ToolAllowance {
+    All,
+    Only(HashSet<String>),
+}
+
+/// The live policy: changes take effect on the very next call.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub(crate) version: u64,
+    pub(crate) clients: HashMap<IdentityKey, ToolAllowance>,
+    pub(crate) revoked_grants: HashSet<String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) protocol: Arc<ServerConfig>,
+    pub(crate) upgrade: UpgradePolicy,
+    pub(crate) registry: Registry,
+    pub(crate) manifest: SignedManifest,
+    pub(crate) limits: Limits,
+    pub(crate) policy: RwLock<Policy>,
+    pub(crate) require_signatures: bool,
+    pub(crate) unauthenticated: Mutex<HashMap<std::net::IpAddr, usize>>,
+    pub(crate) rates: crate::connection::RateBudgets,
+    pub(crate) at_most_once: crate::connection::SharedAtMostOnce,
+}
+
+/// A configured tool server. Clone it freely; clones share state.
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("identity", &self.inner.protocol.identity().public_key())
+            .field("endpoint", &self.inner.protocol.endpoint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder for a server with `identity`, reachable at `endpoint` — the exact
+    /// public URL clients dial (bound into the handshake; behind a proxy, the proxy's
+    /// URL).
+    pub fn builder(identity: Identity, endpoint: impl Into<String>) -> ServerBuilder {
+        ServerBuilder {
+            identity,
+            endpoint: endpoint.into(),
+            clients: HashMap::new(),
+            grant_issuers: Vec::new(),
+            upgrade: UpgradePolicy::default(),
+            limits: Limits::default(),
+            tools: Vec::new(),
+            require_signatures: true,
+        }
+    }
+
+    /// The server's identity key (what clients pin).
+    pub fn public_key(&self) -> IdentityKey {
+        self.inner.protocol.identity().public_key()
+    }
+
+    /// The manifest of every registered tool.
+    pub fn tools(&self) -> Vec<toolwire_protocol::manifest::ToolDescriptor> {
+        self.inner.registry.descriptors()
+    }
+
+    /// Revokes a grant by id: the very next call relying on it is refused with
+    /// CAPABILITY_REVOKED.
+    pub fn revoke_grant(&self, grant_id: &str) {
+        let mut policy = write(&self.inner.policy);
+        policy.revoked_grants.insert(grant_id.to_owned());
+        policy.version += 1;
+    }
+
+    /// Removes a client from the allowlist: its next call is refused with
+    /// PERMISSION_DENIED.
+    pub fn remove_client(&self, key: &IdentityKey) {
+        let mut policy = write(&self.inner.policy);
+        policy.clients.remove(key);
+        policy.version += 1;
+    }
+
+    /// The current policy version.
+    pub fn policy_version(&self) -> u64 {
+        read(&self.inner.policy).version
+    }
+}
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Configures a [`Server`].
+#[derive(Debug)]
+pub struct ServerBuilder {
+    identity: Identity,
+    endpoint: String,
+    clients: HashMap<IdentityKey, ToolAllowance>,
+    grant_issuers: Vec<IdentityKey>,
+    upgrade: UpgradePolicy,
+    limits: Limits,
+    tools: Vec<Tool>,
+    require_signatures: bool,
+}
+
+impl ServerBuilder {
+    /// Allows a client identity to call every tool.
+    pub fn allow_client(mut self, key: IdentityKey) -> Self {
+        self.clients.insert(key, ToolAllowance::All);
+        self
+    }
+
+    /// Allows a client identity to call only these tools.
+    pub fn allow_client_tools<I, S>(mut self, key: IdentityKey, tools: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.clients.insert(
+            key,
+            ToolAllowance::Only(tools.into_iter().map(Into::into).collect()),
+        );
+        self
+    }
+
+    /// Trusts capability grants issued by `key`.
+    pub fn trust_grant_issuer(mut self, key: IdentityKey) -> Self {
+        self.grant_issuers.push(key);
+        self
+    }
+
+    /// Allows browser pages of this origin (`https://app.example`) to connect.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.upgrade = self.upgrade.allow_origin(origin);
+        self
+    }
+
+    /// Refuses upgrade requests that carry no `Origin` header.
+    pub fn require_origin(mut self) -> Self {
+        self.upgrade = self.upgrade.require_origin();
+        self
+    }
+
+    /// Replaces the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Registers a tool.
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    /// Options that weaken security.
+    pub fn dangerous(self) -> DangerousServerBuilder {
+        DangerousServerBuilder { builder: self }
+    }
+
+    /// Validates the configuration, compiles schemas and signs the manifest.
+    ///
+    /// # Errors
+    /// [`BuildError`] for an invalid schema or origin, duplicate tool names, or a
+    /// configuration no client could authenticate against.
+    pub fn build(self) -> Result<Server, BuildError> {
+        self.upgrade.validate()?;
+        let mut names = HashSet::new();
+        for tool in &self.tools {
+            if !names.insert(tool.descriptor.name.clone()) {
+                return Err(BuildError::DuplicateTool(tool.descriptor.name.clone()));
+            }
+        }
+        if self.clients.is_empty() && self.grant_issuers.is_empty() {
+            return Err(BuildError::NoClients);
+        }
+        let registry = Registry::new(self.tools)?;
+        let manifest = Manifest {
+            server: self.identity.public_key().to_bytes().to_vec().into(),
+            tools: registry.descriptors(),
+        }
+        .sign(&self.identity);
+        let protocol = ServerConfig::new(self.identity, self.endpoint, &mut rand_core::OsRng)
+            .allow_clients(self.clients.keys().copied())
+            .trust_grant_issuers(self.grant_issuers)
+            .with_limits(self.limits.connection.clone());
+        let rates = crate::connection::RateBudgets::new(&self.limits);
+        Ok(Server {
+            inner: Arc::new(Inner {
+                protocol: Arc::new(protocol),
+                upgrade: self.upgrade,
+                registry,
+                manifest,
+                limits: self.limits,
+                policy: RwLock::new(Policy {
+                    version: 1,
+                    clients: self.clients,
+                    revoked_grants: HashSet::new(),
+                }),
+                require_signatures: self.require_signatures,
+                unauthenticated: Mutex::new(HashMap::new()),
+                rates,
+                at_most_once: crate::connection::SharedAtMostOnce::new(),
+            }),
+        })
+    }
+}
+
+/// Security-weakening options of a [`ServerBuilder`].
+#[derive(Debug)]
+pub struct DangerousServerBuilder {
+    builder: ServerBuilder,
+}
+
+impl DangerousServerBuilder {
+    /// Accepts REQUESTs without envelope signatures and sends RESPONSEs unsigned. The
+    /// AEAD still authenticates every record, but the audit log loses proof of who
+    /// asked and who answered.
+    pub fn disable_envelope_signatures(mut self) -> Self {
+        self.builder.require_signatures = false;
+        self
+    }
+
+    /// Back to the builder.
+    pub fn done(self) -> ServerBuilder {
+        self.builder
+    }
+}

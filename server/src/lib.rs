@@ -1,0 +1,34 @@
+//! # toolwire-server
+//!
+//! The tool-server side of toolwire: a thin tokio + tokio-tungstenite driver around
+//! the sans-IO [`toolwire_protocol::Connection`], a registry of tools with JSON
+//! Schemas, and the per-request authorization pipeline of the protocol crate.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use toolwire_server::{Server, Tool, protocol::Identity};
+//! let identity = Identity::generate(&mut rand_core::OsRng);
+//! let agent_key = "CpeWKVTQpomJ2y54KVBYPNcgXQV4JKSsWPa2ZQ6Ghe0".parse()?;
+//! let server = Server::builder(identity, "ws://127.0.0.1:7700/toolwire")
+//!     .allow_client(agent_key)
+//!     .tool(Tool::new(
+//!         "echo",
+//!         "Returns its arguments.",
+//!         serde_json::json!({"type": "object"}),
+//!         |args, _context| async move { Ok(args) },
+//!     ))
+//!     .build()?;
+//! server.serve("127.0.0.1:7700").await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod builder;
+mod connection;
+mod serve;
+mod tool;
+
+pub use builder::{BuildError, Limits, Server, ServerBuilder};
+pub use tool::{CallContext, HandlerFuture, SchemaError, Tool, ToolError, ToolResult};
+pub use toolwire_protocol as protocol;

@@ -1,0 +1,184 @@
+//! Accepting TCP connections: pre-authentication caps, the HTTP upgrade checks, and
+//! handing the WebSocket to the connection driver.
+
+use crate::builder::{Inner, Server};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use toolwire_protocol::upgrade::{check_upgrade, max_frame_len, UpgradeRequest};
+
+/// Counts a connection as unauthenticated until dropped (or until the handshake
+/// completes and [`release`](Self::release) is called).
+pub(crate) struct UnauthenticatedSlot {
+    inner: Arc<Inner>,
+    ip: IpAddr,
+    held: bool,
+}
+
+impl UnauthenticatedSlot {
+    pub(crate) fn release(&mut self) {
+        if self.held {
+            self.held = false;
+            let mut counts = self
+                .inner
+                .unauthenticated
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(count) = counts.get_mut(&self.ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for UnauthenticatedSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Why a connection is refused before the upgrade completes.
+#[derive(Debug, Clone, Copy)]
+enum Capacity {
+    Available,
+    PerIpExceeded,
+    TotalExceeded,
+}
+
+fn take_slot(inner: &Arc<Inner>, ip: IpAddr) -> (UnauthenticatedSlot, Capacity) {
+    let mut counts = inner
+        .unauthenticated
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let total: usize = counts.values().sum();
+    let per_ip = counts.entry(ip).or_insert(0);
+    *per_ip += 1;
+    let capacity = if *per_ip > inner.limits.max_unauthenticated_per_ip {
+        Capacity::PerIpExceeded
+    } else if total >= inner.limits.max_unauthenticated_total {
+        Capacity::TotalExceeded
+    } else {
+        Capacity::Available
+    };
+    (
+        UnauthenticatedSlot {
+            inner: inner.clone(),
+            ip,
+            held: true,
+        },
+        capacity,
+    )
+}
+
+fn refusal(status: StatusCode) -> ErrorResponse {
+    let mut response = ErrorResponse::new(None);
+    *response.status_mut() = status;
+    response
+}
+
+impl Server {
+    /// Binds `addr` and serves until the task is dropped.
+    ///
+    /// # Errors
+    /// The bind error.
+    pub async fn serve(&self, addr: impl ToSocketAddrs) -> std::io::Result<()> {
+        let listener = TcpListener::bind(addr).await?;
+        self.serve_listener(listener).await
+    }
+
+    /// Serves connections from an already bound listener.
+    ///
+    /// # Errors
+    /// Only if accepting fails persistently; single failed connections are logged.
+    pub async fn serve_listener(&self, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let server = self.clone();
+                    tokio::spawn(async move { server.accept(stream, peer).await });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "toolwire accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one accepted byte stream (TCP, TLS, or a stream handed over by an
+    /// existing HTTP server): runs the upgrade checks, the handshake and the session
+    /// until it closes. Use it to mount toolwire inside an existing tokio application.
+    // The upgrade callback's error type is tungstenite's, fixed by its `Callback` trait.
+    #[allow(clippy::result_large_err)]
+    pub async fn accept<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let (slot, capacity) = take_slot(&inner, peer.ip());
+        let policy = inner.upgrade.clone();
+        let callback = move |request: &Request,
+                             mut response: Response|
+              -> Result<Response, ErrorResponse> {
+            match capacity {
+                Capacity::PerIpExceeded => return Err(refusal(StatusCode::TOO_MANY_REQUESTS)),
+                Capacity::TotalExceeded => return Err(refusal(StatusCode::SERVICE_UNAVAILABLE)),
+                Capacity::Available => {}
+            }
+            let origin = request
+                .headers()
+                .get("Origin")
+                .map(|value| value.to_str().unwrap_or("\u{0}"));
+            let offered: Vec<&str> = request
+                .headers()
+                .get_all("Sec-WebSocket-Protocol")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .collect();
+            let offered = offered.join(", ");
+            let upgrade = UpgradeRequest {
+                origin,
+                subprotocols: (!offered.is_empty()).then_some(offered.as_str()),
+            };
+            match check_upgrade(&policy, &upgrade) {
+                Ok(subprotocol) => {
+                    response.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        HeaderValue::from_static(subprotocol),
+                    );
+                    Ok(response)
+                }
+                Err(refused) => {
+                    tracing::warn!(event = "origin_rejected", peer = %peer, reason = %refused, "toolwire upgrade refused");
+                    let status = StatusCode::from_u16(refused.http_status())
+                        .unwrap_or(StatusCode::FORBIDDEN);
+                    Err(refusal(status))
+                }
+            }
+        };
+        let max_frame = max_frame_len(&inner.limits.connection);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(1024 * 1024)
+            .max_message_size(Some(max_frame))
+            .max_frame_size(Some(max_frame));
+        let upgrading =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
+        match tokio::time::timeout(inner.limits.upgrade_timeout, upgrading).await {
+            Ok(Ok(socket)) => crate::connection::run(inner, socket, peer, slot).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "toolwire upgrade failed"),
+            Err(_) => {
+                tracing::info!(%peer, event = "upgrade_timeout", "toolwire upgrade timed out")
+            }
+        }
+    }
+}
