@@ -400,6 +400,11 @@ impl Connection {
         let State::Established(transport) = &mut self.state else {
             return Err(Error::Local(LocalError::NotEstablished));
         };
+        // The KEY_UPDATE may have taken the last data sequence number; the one left is
+        // reserved for the CLOSE (REC-013).
+        if transport.send_exhausted() {
+            return Err(self.fail(Error::LimitExceeded(crate::error::Limit::SequenceSpace)));
+        }
         match transport.seal(&message) {
             Ok(record) => {
                 self.transmits.push_back(record);
@@ -415,6 +420,10 @@ impl Connection {
         let State::Established(transport) = &mut self.state else {
             return Ok(());
         };
+        // A KEY_UPDATE must not take the sequence number reserved for the CLOSE.
+        if transport.send_exhausted() {
+            return Err(self.fail(Error::LimitExceeded(crate::error::Limit::SequenceSpace)));
+        }
         match transport.seal_key_update() {
             Ok(record) => {
                 self.transmits.push_back(record);
@@ -467,6 +476,32 @@ impl Connection {
             State::Established(transport) => Some(transport),
             _ => None,
         }
+    }
+
+    /// A copy of an established connection (keys, counters, queues, events), so that
+    /// a test can try many attacks from one state. `None` unless established.
+    #[cfg(feature = "__testing")]
+    pub(crate) fn clone_established(&self) -> Option<Self> {
+        let State::Established(transport) = &self.state else {
+            return None;
+        };
+        Some(Self {
+            role: self.role,
+            state: State::Established(transport.clone()),
+            limits: self.limits.clone(),
+            started: self.started,
+            unix_at_start: self.unix_at_start,
+            transmits: self.transmits.clone(),
+            events: self.events.clone(),
+            closed: self.closed,
+            session: self.session.clone(),
+            session_lifetime: self.session_lifetime,
+            established_at: self.established_at,
+            last_received: self.last_received,
+            last_sent: self.last_sent,
+            epoch_started: self.epoch_started,
+            next_ping_nonce: self.next_ping_nonce,
+        })
     }
 
     #[cfg(feature = "__testing")]

@@ -147,6 +147,7 @@ pub(crate) fn open_handshake_record(
 }
 
 /// The sending half of a direction: key, epoch and next sequence number.
+#[cfg_attr(feature = "__testing", derive(Clone))]
 pub(crate) struct Sender {
     key: Key,
     epoch: u32,
@@ -223,6 +224,7 @@ impl Sender {
 }
 
 /// The receiving half of a direction.
+#[cfg_attr(feature = "__testing", derive(Clone))]
 pub(crate) struct Receiver {
     key: Key,
     epoch: u32,

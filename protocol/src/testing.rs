@@ -43,6 +43,14 @@ pub fn set_next_send_seq_for_testing_only(connection: &mut Connection, seq: u64)
     }
 }
 
+/// A copy of an established connection: same keys, counters, queued records and
+/// events. `None` before the handshake completes and after the close. Lets a test try
+/// many tampered records against one state without a handshake each. Two copies that
+/// both *send* reuse AEAD nonces: only ever let one of them send.
+pub fn clone_established_for_testing_only(connection: &Connection) -> Option<Connection> {
+    connection.clone_established()
+}
+
 /// The Noise static secret of a client configuration.
 pub fn client_static_secret_for_testing_only(config: &ClientConfig) -> [u8; 32] {
     config.static_binding.secret_bytes()
@@ -153,3 +161,95 @@ pub fn seal_raw_for_testing_only(connection: &mut Connection, plaintext: &[u8]) 
 
 /// A seedable RNG for deterministic tests (ChaCha20; never for production keys).
 pub type SeededRng = rand_chacha::ChaCha20Rng;
+
+/// An RNG that hands out exactly the bytes it was given, then zeros. Used to make
+/// [`ClientConfig::new`]/[`ServerConfig::new`] adopt a chosen Noise static secret.
+struct ReplayRng {
+    bytes: Vec<u8>,
+}
+
+impl rand_core::RngCore for ReplayRng {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        let take = dest.len().min(self.bytes.len());
+        let (head, tail) = dest.split_at_mut(take);
+        head.copy_from_slice(&self.bytes[..take]);
+        tail.fill(0);
+        self.bytes.drain(..take);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for ReplayRng {}
+
+/// A client configuration whose Noise static secret is `static_secret` (test vectors
+/// publish static keys, so a checker must be able to rebuild the exact peer).
+///
+/// # Panics
+/// If the configuration did not adopt the secret (the hook no longer matches how
+/// [`ClientConfig::new`] draws its static key).
+pub fn client_config_with_static_secret_for_testing_only(
+    identity: crate::Identity,
+    trusted_servers: Vec<crate::IdentityKey>,
+    endpoint: &str,
+    static_secret: [u8; 32],
+) -> ClientConfig {
+    let mut rng = ReplayRng {
+        bytes: static_secret.to_vec(),
+    };
+    let config = ClientConfig::new(identity, trusted_servers, endpoint, &mut rng);
+    assert_eq!(config.static_binding.secret_bytes(), static_secret);
+    config
+}
+
+/// A server configuration whose Noise static secret is `static_secret`.
+///
+/// # Panics
+/// As [`client_config_with_static_secret_for_testing_only`].
+pub fn server_config_with_static_secret_for_testing_only(
+    identity: crate::Identity,
+    endpoint: &str,
+    static_secret: [u8; 32],
+) -> ServerConfig {
+    let mut rng = ReplayRng {
+        bytes: static_secret.to_vec(),
+    };
+    let config = ServerConfig::new(identity, endpoint, &mut rng);
+    assert_eq!(config.static_binding.secret_bytes(), static_secret);
+    config
+}
+
+/// A transport (both record-layer directions at epoch 0, nothing sent or received)
+/// straight from two keys, without a handshake: for record-layer test vectors.
+pub fn transport_from_keys_for_testing_only(
+    send_key: [u8; 32],
+    receive_key: [u8; 32],
+    session_id: [u8; 32],
+    limits: &crate::ConnectionLimits,
+) -> crate::transport::Transport {
+    crate::transport::Transport::new(
+        crate::noise::Key::new(send_key),
+        crate::noise::Key::new(receive_key),
+        session_id,
+        limits,
+    )
+}
+
+/// Forces the next sending sequence number of a bare [`crate::transport::Transport`].
+pub fn set_transport_next_send_seq_for_testing_only(
+    transport: &mut crate::transport::Transport,
+    seq: u64,
+) {
+    transport.set_next_send_seq(seq);
+}

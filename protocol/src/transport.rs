@@ -12,6 +12,7 @@ use crate::noise::{Key, TAG_LEN};
 use crate::record::{Receiver, Sender};
 
 /// The keys and counters of an established session.
+#[cfg_attr(feature = "__testing", derive(Clone))]
 pub struct Transport {
     sender: Sender,
     receiver: Receiver,

@@ -21,7 +21,8 @@ use toolwire_protocol::message::{Request, Response};
 use toolwire_protocol::record::{RecordHeader, HEADER_LEN};
 use toolwire_protocol::testing::{self, FixedPeers, SeededRng};
 use toolwire_protocol::{
-    ClientConfig, CloseCode, Connection, Error, Event, Identity, Message, ServerConfig, Side,
+    ClientConfig, CloseCode, Connection, Error, Event, Identity, IdentityKey, Message,
+    ServerConfig, Side,
 };
 
 /// Endpoint both sides bind into the prologue unless a test says otherwise.
@@ -53,6 +54,30 @@ pub struct Peers {
     pub client_config: Arc<ClientConfig>,
 }
 
+/// How [`Peers::custom`] sets up trust and endpoints.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// Whether the server allowlists the client identity.
+    pub allowlist_client: bool,
+    /// The server identity keys the client pins; `None` pins the real server.
+    pub client_trusts: Option<Vec<IdentityKey>>,
+    /// The endpoint the client binds into the prologue.
+    pub client_endpoint: String,
+    /// The endpoint the server binds into the prologue.
+    pub server_endpoint: String,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            allowlist_client: true,
+            client_trusts: None,
+            client_endpoint: ENDPOINT.into(),
+            server_endpoint: ENDPOINT.into(),
+        }
+    }
+}
+
 impl Peers {
     /// The fixed identities; the server allowlists the client and the client pins
     /// the server, both bound to [`ENDPOINT`]. `server` and `client` adjust the
@@ -61,18 +86,36 @@ impl Peers {
         server: impl FnOnce(ServerConfig) -> ServerConfig,
         client: impl FnOnce(ClientConfig) -> ClientConfig,
     ) -> Self {
+        Self::custom(&PeerOptions::default(), server, client)
+    }
+
+    /// Like [`Peers::build`] with trust and endpoints set by `options`.
+    pub fn custom(
+        options: &PeerOptions,
+        server: impl FnOnce(ServerConfig) -> ServerConfig,
+        client: impl FnOnce(ClientConfig) -> ClientConfig,
+    ) -> Self {
         use rand_core::SeedableRng as _;
         let mut rng = SeededRng::seed_from_u64(0x7061_6972);
         let server_identity = Identity::from_seed(&[0x53; 32]);
         let client_identity = Identity::from_seed(&[0x43; 32]);
-        let server_config = Arc::new(server(
-            ServerConfig::new(server_identity.clone(), ENDPOINT, &mut rng)
-                .allow_clients([client_identity.public_key()]),
-        ));
+        let mut server_config = ServerConfig::new(
+            server_identity.clone(),
+            options.server_endpoint.as_str(),
+            &mut rng,
+        );
+        if options.allowlist_client {
+            server_config = server_config.allow_clients([client_identity.public_key()]);
+        }
+        let server_config = Arc::new(server(server_config));
+        let trusted = options
+            .client_trusts
+            .clone()
+            .unwrap_or_else(|| vec![server_identity.public_key()]);
         let client_config = Arc::new(client(ClientConfig::new(
             client_identity.clone(),
-            vec![server_identity.public_key()],
-            ENDPOINT,
+            trusted,
+            options.client_endpoint.as_str(),
             &mut rng,
         )));
         Self {
@@ -516,6 +559,7 @@ pub fn request(id: u64, args: &[u8]) -> Message {
         grant_id: None,
         deadline_ms: None,
         signature: None,
+        retry: false,
     })
 }
 
