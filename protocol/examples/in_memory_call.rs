@@ -93,6 +93,7 @@ fn signed_call(world: &World) -> Result<String, String> {
                 grant_id: None,
                 deadline_ms: None,
                 signature: Some(signature.to_vec().into()),
+                retry: false,
             }),
         )
         .map_err(|error| error.to_string())?;
@@ -179,6 +180,8 @@ fn hex_prefix(bytes: &[u8]) -> String {
 }
 
 /// One attack: returns the close code the defending side closed with.
+type Attack = fn(&World) -> Option<CloseCode>;
+
 fn attack_tampered_record(world: &World) -> Option<CloseCode> {
     let now = Instant::now();
     let (mut client, mut server) = connect(world, world.client_config.clone(), now);
@@ -285,7 +288,7 @@ fn main() -> ExitCode {
     };
     println!();
     println!("2. attacks");
-    let attacks: [(&str, fn(&World) -> Option<CloseCode>, CloseCode); 4] = [
+    let attacks: [(&str, Attack, CloseCode); 4] = [
         (
             "flip one bit of a sealed record",
             attack_tampered_record,

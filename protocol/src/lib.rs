@@ -69,6 +69,7 @@
 //! client.send(now, Message::Request(Request {
 //!     id: 1, tool: "echo".into(), args: args.clone().into(), grant_id: None,
 //!     deadline_ms: None, signature: Some(signature.to_vec().into()),
+//!     retry: false,
 //! }))?;
 //! while let Some(record) = client.poll_transmit() {
 //!     server.handle_record(now, &record)?;
@@ -87,6 +88,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod amo;
+pub mod authz;
 pub mod codes;
 pub mod config;
 pub mod connection;
@@ -102,6 +105,7 @@ pub mod paseto;
 pub mod record;
 pub mod replay;
 pub mod transport;
+pub mod upgrade;
 
 #[cfg(feature = "__testing")]
 #[doc(hidden)]

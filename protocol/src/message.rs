@@ -183,6 +183,18 @@ pub struct Request {
     /// Envelope signature by the client identity (absent when signatures are off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<ByteBuf>,
+    /// True when the client re-sends an id it already sent on an earlier connection
+    /// of the same lineage (a retry after a reconnect); false for an id's first
+    /// transmission. Absent on the wire means false, and false is never written.
+    ///
+    /// The server uses it only to decide how to answer an id its at-most-once table
+    /// has no record of (see [`crate::amo`], AMO-003 and AMO-004): a retry on a
+    /// lineage whose history the server lost is answered RESULT_UNAVAILABLE instead
+    /// of executed.
+    /// It grants nothing, so the envelope signature does not cover it; the AEAD
+    /// record protects it in transit like every other field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// RESPONSE body.
@@ -281,6 +293,7 @@ mod tests {
             grant_id: None,
             deadline_ms: Some(500),
             signature: Some(ByteBuf::from(vec![9; 64])),
+            retry: false,
         })
     }
 
@@ -321,6 +334,25 @@ mod tests {
             let bytes = message.encode();
             assert_eq!(Message::decode(&bytes), Ok(message));
         }
+    }
+
+    #[test]
+    fn retry_flag_is_optional_on_the_wire_and_round_trips() {
+        let first = request();
+        let bytes = first.encode();
+        // `retry: false` is not written, so a first transmission is byte-identical
+        // to what a peer that predates the field sends, and decodes as false.
+        assert!(!bytes.windows(5).any(|window| window == b"retry"));
+        assert_eq!(Message::decode(&bytes), Ok(first.clone()));
+
+        let Message::Request(mut retried) = first else {
+            unreachable!("request() builds a REQUEST")
+        };
+        retried.retry = true;
+        let retried = Message::Request(retried);
+        let bytes = retried.encode();
+        assert!(bytes.windows(5).any(|window| window == b"retry"));
+        assert_eq!(Message::decode(&bytes), Ok(retried));
     }
 
     #[test]

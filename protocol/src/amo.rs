@@ -1,0 +1,643 @@
+//! The at-most-once table: which request ids a server may still execute, and the
+//! cached outcomes it answers retries with, per lineage.
+//!
+//! A tool call can act on the world, and a client that lost its connection cannot
+//! tell whether its call ran. It re-sends the call with the same request id on a new
+//! connection; the server must answer it without running it a second time. This
+//! module makes that decision, sans-IO: the server driver asks
+//! [`AtMostOnceStore::admit`] before executing and reports the outcome with
+//! [`AtMostOnceStore::complete`]. [`AtMostOnceTable`] is the bounded in-memory store;
+//! a durable store implements the same trait.
+//!
+//! Implements spec section "At-most-once calls" (AMO-001..AMO-009).
+//!
+//! # Rules (normative)
+//!
+//! 1. **AMO-001 Lineage.** Calls belong to a lineage, identified by the pair
+//!    ([`LineageKey`]) of the client's authenticated identity key and a 16-byte
+//!    lineage id. The same lineage id under another client key is another lineage,
+//!    so one client can neither read nor block another's calls. A session that does
+//!    not resume a lineage starts a *fresh* one whose id is the first 16 bytes of its
+//!    session id ([`session_lineage`]); since the session id is new, the server
+//!    knows that no call of a fresh lineage reached it before.
+//! 2. **AMO-002 Resume.** A client continues a lineage on a new connection by naming
+//!    it in the handshake (`ClientHello.resume`). When a session is established, the
+//!    server attaches it to its lineage ([`AtMostOnceStore::attach`]). A resumed lineage the server holds
+//!    keeps its state. One it does not hold (never seen, dropped under AMO-008, or
+//!    lost in a restart without a durable store) is created *recovered*: the server
+//!    does not know which of its ids it already received.
+//! 3. **AMO-003 Request ids.** Request ids are unique within a lineage and below
+//!    2^62 ([`SEQUENCE_LIMIT`]). An id at or above 2^62 is refused with
+//!    INVALID_ARGUMENT ([`Admission::IdOutOfRange`]) and not recorded. A client sets
+//!    `REQUEST.retry` to true exactly when it re-sends an id it sent (or may have
+//!    sent: it was handed to the transport) on an earlier connection, and never
+//!    re-sends an id with `retry` false.
+//! 4. **AMO-004 Admission.** [`AtMostOnceStore::admit`] answers a request id on a
+//!    lineage with the first rule that applies:
+//!    1. the id is executing → [`Admission::InFlight`]: it is not executed again,
+//!       and this request is answered once the running call completes;
+//!    2. the id's outcome is cached → [`Admission::Duplicate`]: it is answered again
+//!       with the same result bytes, or the same error code and message, as the
+//!       first time (a RESPONSE is re-signed for the current session);
+//!    3. the id is older than the lineage's window (`top - id >=`
+//!       [`RequestIdWindow::WINDOW`], `top` being the highest id recorded) →
+//!       [`Admission::Stale`], answered STALE_REQUEST_ID: it may have run and will not
+//!       run;
+//!    4. the id is inside the window and recorded → [`Admission::Unavailable`],
+//!       answered RESULT_UNAVAILABLE: it ran (or was abandoned) and its outcome is no
+//!       longer held;
+//!    5. the id is not recorded, the lineage is recovered and `retry` is true →
+//!       [`Admission::Unavailable`]: the call may have reached the server before it
+//!       lost the lineage. The id is recorded, so every later copy gets the same
+//!       answer;
+//!    6. otherwise → [`Admission::Execute`]: the id is recorded and marked in
+//!       flight. On a fresh lineage, and on a recovered one for an id first sent
+//!       after the loss, an unrecorded id provably never ran, whatever `retry` says.
+//! 5. **AMO-005 Never twice.** While the server holds a lineage, it admits each id
+//!    for execution at most once. Across a loss of the lineage's state, the guarantee
+//!    rests on the client following AMO-003: every id first sent before the loss
+//!    comes back with `retry` true and is answered by AMO-004 rule 5.
+//! 6. **AMO-006 One outcome.** Every executed id ends with exactly one outcome,
+//!    reported by [`AtMostOnceStore::complete`]; the first completion wins, and a
+//!    later one returns false and must not be sent. A call cancelled by CANCEL is
+//!    completed at once with CANCELLED ([`AtMostOnceStore::cancel`]) and answered
+//!    with it; its late result is dropped, and a retry gets CANCELLED from the cache.
+//!    [`AtMostOnceStore::abandon`] ends an id whose outcome is unknown (the handler
+//!    crashed mid-way): nothing is cached and retries get RESULT_UNAVAILABLE.
+//! 7. **AMO-007 Result cache.** An outcome is cached only when its size
+//!    ([`CachedOutcome::size`]) is at most [`AmoConfig::max_result_bytes`]. Each
+//!    lineage keeps the [`AmoConfig::results_per_lineage`] most recently completed
+//!    outcomes. When the cached bytes of the whole table exceed
+//!    [`AmoConfig::max_total_result_bytes`], the oldest outcomes of the least recently
+//!    used lineages are dropped first. A dropped outcome's id is answered by AMO-004
+//!    rule 3 or 4.
+//! 8. **AMO-008 Lineage bounds.** The table holds at most [`AmoConfig::max_lineages`]
+//!    lineages, and at most [`AmoConfig::max_lineages_per_client`] per client key. To
+//!    make room it drops the least recently used lineage with no call in flight (the
+//!    same client's, when that client is over its quota). A lineage with a call in
+//!    flight is never dropped; when nothing can be dropped, the request is refused
+//!    with UNAVAILABLE ([`Admission::Overloaded`]) and nothing is recorded. A dropped
+//!    lineage is unknown again (AMO-002).
+//! 9. **AMO-009 Refusals do not consume ids.** A request refused by an earlier
+//!    authorization step ([`crate::authz`]) never reaches the table, so its id is not
+//!    recorded and the client may send it again (with `retry` false if it never
+//!    reached the server on an earlier connection).
+//!
+//! # Driver pattern
+//!
+//! ```
+//! use toolwire_protocol::amo::{
+//!     Admission, AmoConfig, AtMostOnceStore, AtMostOnceTable, CachedOutcome, LineageKey,
+//!     LineageOrigin,
+//! };
+//! use toolwire_protocol::Identity;
+//!
+//! let client = Identity::from_seed(&[7; 32]).public_key();
+//! let key = LineageKey::new(client, [1; 16]);
+//! let mut table = AtMostOnceTable::new(AmoConfig::default());
+//! table.attach(&key, LineageOrigin::Fresh);
+//!
+//! assert_eq!(table.admit(&key, 1, false), Admission::Execute);
+//! // ... run the tool ...
+//! let outcome = CachedOutcome::Response(vec![0x91, 0x01]);
+//! assert!(table.complete(&key, 1, outcome.clone())); // true: send the RESPONSE
+//!
+//! // The client reconnects and retries: answered from the cache, not executed.
+//! assert_eq!(table.admit(&key, 1, true), Admission::Duplicate(outcome));
+//! ```
+
+use crate::codes::ErrorCode;
+use crate::handshake::{SessionInfo, LINEAGE_LEN};
+use crate::identity::IdentityKey;
+use crate::message::ErrorMessage;
+use crate::replay::{ReplayError, RequestIdWindow, SEQUENCE_LIMIT};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// A lineage id: 16 bytes chosen by the client (or derived from the session id).
+pub type LineageId = [u8; LINEAGE_LEN];
+
+/// Identifies one lineage: the client's authenticated identity key and its lineage
+/// id (AMO-001).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LineageKey {
+    /// The identity key the client authenticated as in the handshake.
+    pub client: IdentityKey,
+    /// The lineage id.
+    pub lineage: LineageId,
+}
+
+impl LineageKey {
+    /// The lineage `lineage` of `client`.
+    pub fn new(client: IdentityKey, lineage: LineageId) -> Self {
+        Self { client, lineage }
+    }
+
+    /// The lineage a session continues or starts, with its origin
+    /// ([`session_lineage`]), keyed by the session's peer.
+    pub fn for_session(session: &SessionInfo) -> (Self, LineageOrigin) {
+        let (lineage, origin) = session_lineage(session);
+        (Self::new(session.peer, lineage), origin)
+    }
+}
+
+/// How a session came to a lineage (AMO-001, AMO-002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LineageOrigin {
+    /// Started by this session: its id derives from the new session id, so no call
+    /// of it can have reached the server before.
+    Fresh,
+    /// Named by the client in the handshake: calls of it may have reached the
+    /// server on earlier connections.
+    Resumed,
+}
+
+/// The lineage of a session (AMO-001): the one the client resumed, or else the fresh
+/// lineage whose id is the first 16 bytes of the session id. Both sides compute the
+/// same value: a client that did not resume learns its new lineage id from its own
+/// session id, and presents it to resume later.
+pub fn session_lineage(session: &SessionInfo) -> (LineageId, LineageOrigin) {
+    match session.lineage {
+        Some(lineage) => (lineage, LineageOrigin::Resumed),
+        None => {
+            let mut lineage = [0; LINEAGE_LEN];
+            lineage.copy_from_slice(&session.session_id[..LINEAGE_LEN]);
+            (lineage, LineageOrigin::Fresh)
+        }
+    }
+}
+
+/// The outcome of an executed call, kept to answer retries of its id with the same
+/// content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CachedOutcome {
+    /// The call returned: the RESPONSE `result` bytes exactly as first sent. A
+    /// repeated RESPONSE carries these bytes with a signature for the current
+    /// session (the envelope binds the session id).
+    Response(Vec<u8>),
+    /// The call failed (including CANCELLED and DEADLINE_EXCEEDED): the ERROR code
+    /// and message as first sent.
+    Error {
+        /// The RPC error code.
+        code: ErrorCode,
+        /// The message (never secret material).
+        message: String,
+    },
+}
+
+impl CachedOutcome {
+    /// The outcome of a call cancelled by the client's CANCEL (AMO-006).
+    pub fn cancelled() -> Self {
+        Self::Error {
+            code: ErrorCode::CANCELLED,
+            message: "cancelled".to_owned(),
+        }
+    }
+
+    /// Bytes the outcome occupies in the cache, for the limits of AMO-007: the result
+    /// length, or the message length for an error.
+    pub fn size(&self) -> usize {
+        match self {
+            Self::Response(result) => result.len(),
+            Self::Error { message, .. } => message.len(),
+        }
+    }
+
+    /// The ERROR body answering request `id`, for an error outcome; `None` for a
+    /// response.
+    pub fn error_message(&self, id: u64) -> Option<ErrorMessage> {
+        match self {
+            Self::Response(_) => None,
+            Self::Error { code, message } => Some(ErrorMessage {
+                id: Some(id),
+                code: code.0,
+                message: message.clone(),
+                retry_after_ms: None,
+            }),
+        }
+    }
+}
+
+/// What to do with a request id (AMO-004).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Execute the call; the id is now in flight. Report its outcome with
+    /// [`AtMostOnceStore::complete`] (or [`AtMostOnceStore::abandon`]).
+    Execute,
+    /// The id already completed: answer with this outcome again, do not execute.
+    Duplicate(CachedOutcome),
+    /// The id is executing: do not execute. Answer this request when the running
+    /// call completes (admitting it again after completion returns its outcome).
+    InFlight,
+    /// The id is older than the window: answer STALE_REQUEST_ID.
+    Stale,
+    /// The id was seen but its outcome is not held, or may have been seen before the
+    /// server lost the lineage: answer RESULT_UNAVAILABLE.
+    Unavailable,
+    /// The id is at or above 2^62: answer INVALID_ARGUMENT. Nothing was recorded.
+    IdOutOfRange,
+    /// The table is full of lineages with calls in flight: answer UNAVAILABLE.
+    /// Nothing was recorded; the client may retry later.
+    Overloaded,
+}
+
+impl Admission {
+    /// The error code to answer with, for the admissions that refuse; `None` for
+    /// [`Execute`](Self::Execute), [`InFlight`](Self::InFlight) and
+    /// [`Duplicate`](Self::Duplicate) (whose cached outcome may itself be an error).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Execute | Self::Duplicate(_) | Self::InFlight => None,
+            Self::Stale => Some(ErrorCode::STALE_REQUEST_ID),
+            Self::Unavailable => Some(ErrorCode::RESULT_UNAVAILABLE),
+            Self::IdOutOfRange => Some(ErrorCode::INVALID_ARGUMENT),
+            Self::Overloaded => Some(ErrorCode::UNAVAILABLE),
+        }
+    }
+}
+
+/// Storage of the at-most-once state, so that a durable (or shared) store can
+/// replace the in-memory [`AtMostOnceTable`]. An implementation must follow
+/// AMO-001..AMO-008 exactly; a store that cannot reach its backend answers
+/// [`Admission::Overloaded`] rather than guessing.
+pub trait AtMostOnceStore {
+    /// Attaches a session to its lineage when the session is established
+    /// (AMO-002): creates the lineage if unknown, fresh or recovered according to
+    /// `origin`. Best effort: when the table has no room, the lineage is created
+    /// (recovered) by the first [`admit`](Self::admit) instead.
+    fn attach(&mut self, key: &LineageKey, origin: LineageOrigin);
+
+    /// Decides whether request `request_id` of lineage `key` may execute
+    /// (AMO-004). `retry` is the REQUEST's `retry` flag. An [`Admission::Execute`]
+    /// marks the id in flight.
+    fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission;
+
+    /// Records the outcome of an id that [`admit`](Self::admit) let execute, and
+    /// caches it within the limits (AMO-007). Returns true when this is the call's
+    /// answer, to be sent; false when the id is not in flight (already completed,
+    /// cancelled or abandoned, or never admitted), in which case nothing is sent.
+    fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool;
+
+    /// Ends an in-flight id whose outcome is unknown (AMO-006): nothing is cached,
+    /// and later copies of the id are answered RESULT_UNAVAILABLE or STALE_REQUEST_ID.
+    fn abandon(&mut self, key: &LineageKey, request_id: u64);
+
+    /// Handles the client's CANCEL of `request_id`: completes it with CANCELLED.
+    /// Returns true when the call was in flight (send the CANCELLED error now and
+    /// stop the handler); false when there was nothing to cancel.
+    fn cancel(&mut self, key: &LineageKey, request_id: u64) -> bool {
+        self.complete(key, request_id, CachedOutcome::cancelled())
+    }
+}
+
+/// Bounds of an [`AtMostOnceTable`]. Each field's doc gives its default and the
+/// attack it bounds. Memory is at most about `max_lineages` × (window of 512 bytes +
+/// `results_per_lineage` small entries) plus `max_total_result_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AmoConfig {
+    /// Lineages held at once. Default 1024. Bounds memory against clients that open
+    /// lineage after lineage (every session without resume starts one). Values below
+    /// 1 count as 1.
+    pub max_lineages: usize,
+    /// Lineages held at once for one client key. Default 16. Bounds how much of the
+    /// table one identity can occupy, so that it cannot push other clients' lineages
+    /// out (dropping their cached results) by reconnecting in a loop. Values below 1
+    /// count as 1.
+    pub max_lineages_per_client: usize,
+    /// Outcomes cached per lineage (the most recently completed are kept). Default
+    /// 256. Bounds per-lineage memory; a client with more unanswered calls than this
+    /// across a reconnect gets RESULT_UNAVAILABLE for the oldest.
+    pub results_per_lineage: usize,
+    /// Largest outcome cached, in bytes. Default 64 KiB (one record). Bounds memory
+    /// per entry; a larger result is sent once and its retries get
+    /// RESULT_UNAVAILABLE.
+    pub max_result_bytes: usize,
+    /// Cached outcome bytes in the whole table. Default 64 MiB. Bounds total memory
+    /// against many lineages each holding large results.
+    pub max_total_result_bytes: usize,
+}
+
+impl Default for AmoConfig {
+    fn default() -> Self {
+        Self {
+            max_lineages: 1024,
+            max_lineages_per_client: 16,
+            results_per_lineage: 256,
+            max_result_bytes: 64 * 1024,
+            max_total_result_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// State of one lineage.
+#[derive(Debug)]
+struct LineageState {
+    /// Every id recorded (executed, or answered as possibly executed), within the
+    /// window.
+    window: RequestIdWindow,
+    /// Created without knowledge of the lineage's past (AMO-002).
+    recovered: bool,
+    /// Ids executing now.
+    in_flight: BTreeSet<u64>,
+    /// Cached outcomes by id.
+    results: BTreeMap<u64, CachedOutcome>,
+    /// Ids of `results` in completion order, oldest first.
+    completion_order: VecDeque<u64>,
+    /// Recency stamp (key of `AtMostOnceTable::recency`).
+    last_used: u64,
+}
+
+impl LineageState {
+    /// Drops the oldest cached outcome; returns its size, or `None` when empty.
+    fn drop_oldest_result(&mut self) -> Option<usize> {
+        while let Some(id) = self.completion_order.pop_front() {
+            if let Some(outcome) = self.results.remove(&id) {
+                return Some(outcome.size());
+            }
+        }
+        None
+    }
+
+    fn cached_bytes(&self) -> usize {
+        self.results.values().map(CachedOutcome::size).sum()
+    }
+}
+
+/// The bounded in-memory at-most-once table (AMO-001..AMO-008). Deterministic: no
+/// clock, no randomness; recency is the order of calls.
+///
+/// A server that restarts loses it; the lineages its clients resume are then
+/// recovered (AMO-002) and retried ids answer RESULT_UNAVAILABLE instead of running
+/// twice.
+#[derive(Debug)]
+pub struct AtMostOnceTable {
+    config: AmoConfig,
+    lineages: BTreeMap<LineageKey, LineageState>,
+    /// Lineages by recency stamp, least recently used first.
+    recency: BTreeMap<u64, LineageKey>,
+    /// Lineages held per client key.
+    per_client: BTreeMap<IdentityKey, usize>,
+    next_stamp: u64,
+    cached_bytes: usize,
+}
+
+impl Default for AtMostOnceTable {
+    fn default() -> Self {
+        Self::new(AmoConfig::default())
+    }
+}
+
+impl AtMostOnceTable {
+    /// An empty table with these bounds.
+    pub fn new(config: AmoConfig) -> Self {
+        Self {
+            config,
+            lineages: BTreeMap::new(),
+            recency: BTreeMap::new(),
+            per_client: BTreeMap::new(),
+            next_stamp: 0,
+            cached_bytes: 0,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn config(&self) -> &AmoConfig {
+        &self.config
+    }
+
+    /// Number of lineages held.
+    pub fn len(&self) -> usize {
+        self.lineages.len()
+    }
+
+    /// Whether no lineage is held.
+    pub fn is_empty(&self) -> bool {
+        self.lineages.is_empty()
+    }
+
+    /// Bytes of cached outcomes held in the whole table (at most
+    /// [`AmoConfig::max_total_result_bytes`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
+    /// Whether the table holds lineage `key`.
+    pub fn contains(&self, key: &LineageKey) -> bool {
+        self.lineages.contains_key(key)
+    }
+
+    fn stamp(&mut self) -> u64 {
+        let stamp = self.next_stamp;
+        self.next_stamp = self.next_stamp.wrapping_add(1);
+        stamp
+    }
+
+    /// Marks `key` as most recently used, if held.
+    fn touch(&mut self, key: &LineageKey) {
+        let stamp = self.stamp();
+        if let Some(state) = self.lineages.get_mut(key) {
+            self.recency.remove(&state.last_used);
+            state.last_used = stamp;
+            self.recency.insert(stamp, *key);
+        }
+    }
+
+    /// Drops lineage `key` with its cached outcomes.
+    fn drop_lineage(&mut self, key: &LineageKey) {
+        if let Some(state) = self.lineages.remove(key) {
+            self.recency.remove(&state.last_used);
+            self.cached_bytes = self.cached_bytes.saturating_sub(state.cached_bytes());
+            if let Some(count) = self.per_client.get_mut(&key.client) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.per_client.remove(&key.client);
+                }
+            }
+        }
+    }
+
+    /// The least recently used lineage with no call in flight, among those of
+    /// `client` if given (AMO-008).
+    fn idle_victim(&self, client: Option<&IdentityKey>) -> Option<LineageKey> {
+        self.recency.values().copied().find(|key| {
+            client.is_none_or(|client| key.client == *client)
+                && self
+                    .lineages
+                    .get(key)
+                    .is_some_and(|state| state.in_flight.is_empty())
+        })
+    }
+
+    /// Makes sure `key` is held, creating it (recovered or not) when there is room.
+    /// Returns false when it is not held and nothing could be dropped.
+    fn ensure(&mut self, key: &LineageKey, recovered: bool) -> bool {
+        if self.lineages.contains_key(key) {
+            self.touch(key);
+            return true;
+        }
+        let client_count = self.per_client.get(&key.client).copied().unwrap_or(0);
+        if client_count >= self.config.max_lineages_per_client.max(1) {
+            match self.idle_victim(Some(&key.client)) {
+                Some(victim) => self.drop_lineage(&victim),
+                None => return false,
+            }
+        }
+        if self.lineages.len() >= self.config.max_lineages.max(1) {
+            match self.idle_victim(None) {
+                Some(victim) => self.drop_lineage(&victim),
+                None => return false,
+            }
+        }
+        let stamp = self.stamp();
+        self.lineages.insert(
+            *key,
+            LineageState {
+                window: RequestIdWindow::new(),
+                recovered,
+                in_flight: BTreeSet::new(),
+                results: BTreeMap::new(),
+                completion_order: VecDeque::new(),
+                last_used: stamp,
+            },
+        );
+        self.recency.insert(stamp, *key);
+        *self.per_client.entry(key.client).or_insert(0) += 1;
+        true
+    }
+
+    /// Drops the oldest outcomes of the least recently used lineages until the table
+    /// is within [`AmoConfig::max_total_result_bytes`] (AMO-007).
+    fn enforce_total_bytes(&mut self) {
+        let limit = self.config.max_total_result_bytes;
+        for key in self.recency.values() {
+            if self.cached_bytes <= limit {
+                return;
+            }
+            let Some(state) = self.lineages.get_mut(key) else {
+                continue;
+            };
+            while self.cached_bytes > limit {
+                match state.drop_oldest_result() {
+                    Some(size) => self.cached_bytes = self.cached_bytes.saturating_sub(size),
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+impl AtMostOnceStore for AtMostOnceTable {
+    fn attach(&mut self, key: &LineageKey, origin: LineageOrigin) {
+        // A lineage already held keeps its state whatever the origin: its history
+        // since creation is complete.
+        self.ensure(key, origin != LineageOrigin::Fresh);
+    }
+
+    fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission {
+        if request_id >= SEQUENCE_LIMIT {
+            return Admission::IdOutOfRange;
+        }
+        // Unknown here means never attached or dropped: its past is unknown.
+        if !self.ensure(key, true) {
+            return Admission::Overloaded;
+        }
+        let Some(state) = self.lineages.get_mut(key) else {
+            return Admission::Overloaded;
+        };
+        if state.in_flight.contains(&request_id) {
+            return Admission::InFlight;
+        }
+        if let Some(outcome) = state.results.get(&request_id) {
+            return Admission::Duplicate(outcome.clone());
+        }
+        match state.window.update(request_id) {
+            Err(ReplayError::TooOld) => Admission::Stale,
+            Err(ReplayError::Duplicate) => Admission::Unavailable,
+            Err(ReplayError::LimitReached) => Admission::IdOutOfRange,
+            Ok(()) if retry && state.recovered => Admission::Unavailable,
+            Ok(()) => {
+                state.in_flight.insert(request_id);
+                Admission::Execute
+            }
+        }
+    }
+
+    fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool {
+        let Some(state) = self.lineages.get_mut(key) else {
+            return false;
+        };
+        if !state.in_flight.remove(&request_id) {
+            return false;
+        }
+        let size = outcome.size();
+        let cacheable = self.config.results_per_lineage > 0
+            && size <= self.config.max_result_bytes
+            && size <= self.config.max_total_result_bytes;
+        if cacheable {
+            state.results.insert(request_id, outcome);
+            state.completion_order.push_back(request_id);
+            self.cached_bytes = self.cached_bytes.saturating_add(size);
+            while state.results.len() > self.config.results_per_lineage {
+                match state.drop_oldest_result() {
+                    Some(dropped) => self.cached_bytes = self.cached_bytes.saturating_sub(dropped),
+                    None => break,
+                }
+            }
+        }
+        self.touch(key);
+        self.enforce_total_bytes();
+        true
+    }
+
+    fn abandon(&mut self, key: &LineageKey, request_id: u64) {
+        if let Some(state) = self.lineages.get_mut(key) {
+            state.in_flight.remove(&request_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    fn key(seed: u8, lineage: u8) -> LineageKey {
+        LineageKey::new(Identity::from_seed(&[seed; 32]).public_key(), [lineage; 16])
+    }
+
+    #[test]
+    fn cached_bytes_track_insertions_and_every_kind_of_drop() {
+        let mut table = AtMostOnceTable::new(AmoConfig {
+            max_lineages: 2,
+            results_per_lineage: 2,
+            max_total_result_bytes: 25,
+            ..AmoConfig::default()
+        });
+        let a = key(1, 1);
+        let b = key(1, 2);
+        let c = key(1, 3);
+        for (lineage, id, len) in [(&a, 1, 10), (&a, 2, 10), (&a, 3, 10), (&b, 1, 10)] {
+            assert_eq!(table.admit(lineage, id, false), Admission::Execute);
+            assert!(table.complete(lineage, id, CachedOutcome::Response(vec![0; len])));
+            let held: usize = table
+                .lineages
+                .values()
+                .map(LineageState::cached_bytes)
+                .sum();
+            assert_eq!(table.cached_bytes(), held);
+            assert!(table.cached_bytes() <= 25);
+        }
+        // Dropping a whole lineage releases its bytes.
+        assert_eq!(table.admit(&c, 1, false), Admission::Execute);
+        let held: usize = table
+            .lineages
+            .values()
+            .map(LineageState::cached_bytes)
+            .sum();
+        assert_eq!(table.cached_bytes(), held);
+        assert_eq!(table.recency.len(), table.lineages.len());
+    }
+}
