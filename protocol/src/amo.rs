@@ -9,7 +9,7 @@
 //! [`AtMostOnceStore::complete`]. [`AtMostOnceTable`] is the bounded in-memory store;
 //! a durable store implements the same trait.
 //!
-//! Implements spec section "At-most-once calls" (AMO-001..AMO-009).
+//! Implements spec section "At-most-once calls" (AMO-001..AMO-035).
 //!
 //! # Rules (normative)
 //!

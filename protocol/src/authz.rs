@@ -10,7 +10,7 @@
 //! at-most-once store). The server driver runs it and applies the [`Verdict`]; it
 //! decides nothing itself.
 //!
-//! Implements spec section "Per-request authorization" (AUTHZ-001..AUTHZ-009).
+//! Implements spec section "Per-request authorization" (AUTHZ-001..AUTHZ-025).
 //!
 //! # Rules (normative)
 //!

@@ -1,7 +1,7 @@
 //! Configuration of the protocol core: identities, trust, endpoint binding and the
 //! limits that bound each attack.
 //!
-//! Implements the defaults of spec section "Default limits" (LIM-001..LIM-008).
+//! Implements the defaults of spec section "Default limits" (LIM-001, LIM-005..LIM-009, LIM-014).
 
 use crate::identity::{Identity, IdentityKey};
 use crate::message::CapRequest;

@@ -14,8 +14,8 @@
 //!
 //! Time (`now`) and randomness are injected; nothing here reads a clock or a socket.
 //!
-//! Implements spec sections "Connection lifecycle" (LIFE-001..LIFE-010), "Keepalive"
-//! (LIFE-006) and "Close" (CLS-001..CLS-004).
+//! Implements spec sections "Lifetimes and keepalive" (LIFE-001..LIFE-010), "Rekey"
+//! (KEY-001, KEY-002, KEY-006), "Inner messages" (MSG-004) and "Close codes" (CLS-001..CLS-011).
 
 use crate::codes::CloseCode;
 use crate::config::{ClientConfig, ConnectionLimits, ServerConfig};

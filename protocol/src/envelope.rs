@@ -2,7 +2,7 @@
 //! party can later prove what was asked and answered (non-repudiation; the audit log
 //! stores them).
 //!
-//! Implements spec section "Signed envelope" (ENV-001..ENV-006). The signed bytes are
+//! Implements spec section "Signed envelope" (ENV-001..ENV-009). The signed bytes are
 //! a PASETO-style pre-authentication encoding (PAE, see [`crate::paseto::pae`]) of:
 //!
 //! ```text

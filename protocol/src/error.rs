@@ -1,9 +1,9 @@
 //! The crate's one error type, split by who is to blame, and its single mapping to
 //! close codes ([`Error::close_code`]).
 //!
-//! Implements spec section "Errors and close codes" (CLS-001..CLS-004): every
+//! Implements spec section "Close codes" (CLS-009..CLS-011): every
 //! failure that ends a connection maps to exactly one close code, and failures of
-//! decryption or authentication carry no detail (REC-011, HS-019).
+//! decryption or authentication carry no detail (REC-029, HS-034).
 
 use crate::codes::CloseCode;
 use std::fmt;

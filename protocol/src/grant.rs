@@ -1,5 +1,7 @@
 //! Toolwire capability grants: holder-bound, delegable PASETO v4.public tokens.
 //!
+//! Implements spec section "Capability grants" (GRT-001..GRT-033).
+//!
 //! A grant says "the holder of identity key `sub` may call these `tools`, with
 //! these `scope`s, on the tool server `aud`, until `exp`". It is signed by an
 //! issuer the tool server trusts, or — through a delegation chain — by a

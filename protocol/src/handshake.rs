@@ -2,7 +2,7 @@
 //! keys, as a typestate that moves each side from its first message to a
 //! [`Transport`].
 //!
-//! Implements spec section "Handshake" (HS-001..HS-020):
+//! Implements spec sections "Handshake" (HS-001..HS-035) and "Key schedule" (KS-001..KS-002):
 //!
 //! ```text
 //! client                                             server

@@ -1,6 +1,6 @@
 //! Long-term Ed25519 identities of clients and servers.
 //!
-//! Implements spec section "Identities" (ID-001..ID-005): identity keys are Ed25519
+//! Implements spec section "Identities" (ID-001..ID-009): identity keys are Ed25519
 //! public keys, written as unpadded base64url; signatures are verified with
 //! `verify_strict` (no malleable or small-order forms).
 

@@ -1,6 +1,6 @@
 //! Signed tool manifests and per-tool digests.
 //!
-//! Implements spec section "Tool manifest" (MAN-001..MAN-005). The manifest lists every
+//! Implements spec section "Tool manifest" (MAN-001..MAN-012). The manifest lists every
 //! tool the server offers with its description and JSON Schemas. The server identity
 //! signs `PAE("toolwire/1 manifest", manifest_bytes)`; each tool's digest is
 //! `SHA-256(PAE("toolwire/1 tool", name, description, input_schema, output_schema))`,

@@ -1,6 +1,7 @@
 //! Inner messages: the plaintext of every sealed record, encoded as msgpack.
 //!
-//! Implements spec section "Inner messages" (MSG-001..MSG-008). A message is a
+//! Implements spec sections "Inner messages" (MSG-001..MSG-012) and "Conventions"
+//! (CNV-001..CNV-014). A message is a
 //! msgpack map `{"type": NAME, "body": {...}}` with named fields; unknown fields are
 //! ignored so that later versions can add optional fields. Byte fields (arguments,
 //! results, signatures, digests) are msgpack `bin` and are never re-serialized, so

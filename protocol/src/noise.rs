@@ -1,7 +1,8 @@
 //! The Noise Protocol Framework (revision 34), fixed to the single protocol
 //! `Noise_XX_25519_ChaChaPoly_SHA256`, plus the record-layer AEAD helpers.
 //!
-//! Implements the Noise layer of spec section Handshake.
+//! Implements the Noise layer of spec sections "Handshake" and "Key schedule" (HS-001,
+//! HS-011, KS-001..KS-004).
 //!
 //! The handshake is the XX pattern:
 //!

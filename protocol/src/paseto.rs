@@ -1,5 +1,8 @@
 //! PASETO **v4.public** (Ed25519 signatures) and the Pre-Authentication Encoding.
 //!
+//! Implements the token format of spec section "Capability grants" (GRT-001, GRT-002,
+//! GRT-006..GRT-011) and PAE (section "Conventions").
+//!
 //! This module implements the token *format* of PASETO version 4, purpose
 //! `public`, as specified by the paseto-standard `Version4.md` and `Common.md`
 //! documents. The signature primitive itself is Ed25519 from `ed25519-dalek`;

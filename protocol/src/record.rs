@@ -1,6 +1,6 @@
 //! The record layer: a 16-byte header and an AEAD-sealed body per WebSocket message.
 //!
-//! Implements spec section "Records" (REC-001..REC-016):
+//! Implements spec section "Records" (REC-001..REC-033):
 //!
 //! ```text
 //! offset  size  field

@@ -1,5 +1,7 @@
 //! Anti-replay sliding windows for record sequence numbers and request ids.
 //!
+//! Implements spec section "Replay window" (RPL-001..RPL-009).
+//!
 //! The window is the bitmap construction of RFC 6479 ("IPsec Anti-Replay
 //! Algorithm without Bit Shifting"), in the same shape as wireguard-go's
 //! `replay.go`: a ring of `BLOCKS` 64-bit words indexed by `value / 64`

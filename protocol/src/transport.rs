@@ -1,7 +1,7 @@
 //! Transport phase of a session: both directions' record state after a completed
 //! handshake. Only a finished handshake can create one.
 //!
-//! Implements spec sections "Records" (REC-*) and "Rekey" (KEY-001..KEY-006): a
+//! Implements spec sections "Records" (REC-001..REC-033) and "Rekey" (KEY-003..KEY-006): a
 //! KEY_UPDATE is sealed under the old epoch and every later record of that direction
 //! uses the next epoch, whose key is `REKEY(previous key)`.
 

@@ -2,8 +2,8 @@
 //! server makes before any cryptographic work, so that the driver only moves headers
 //! and frames in and applies the answer.
 //!
-//! Implements spec section "Transport binding" (UPG-001..UPG-008; the subprotocol
-//! itself is TRN-002). The threat is cross-site WebSocket hijacking: a web page in the
+//! Implements spec section "Transport binding" (TRN-005..TRN-016, TRN-018, TRN-020,
+//! TRN-023..TRN-028). The threat is cross-site WebSocket hijacking: a web page in the
 //! victim's browser opens a socket to a tool server and rides whatever the browser
 //! attaches automatically. Browsers always send `Origin` on a WebSocket upgrade and
 //! scripts cannot forge it, so an allowlist of origins stops such pages; non-browser
