@@ -89,6 +89,7 @@
 #![forbid(unsafe_code)]
 
 pub mod amo;
+pub mod audit;
 pub mod authz;
 pub mod codes;
 pub mod config;
