@@ -244,6 +244,20 @@ fn every_message(peers: &FixedPeers, session_id: &[u8; 32]) -> Vec<(&'static str
                 grant_id: Some("g-root".into()),
                 deadline_ms: Some(5_000),
                 signature: Some(ByteBuf::from(request_signature.to_vec())),
+                retry: false,
+            }),
+        ),
+        (
+            // A retransmission after a reconnect (at-most-once path).
+            "request_retry",
+            Message::Request(Request {
+                id: 1,
+                tool: "echo".into(),
+                args: ByteBuf::from(args.clone()),
+                grant_id: Some("g-root".into()),
+                deadline_ms: None,
+                signature: Some(ByteBuf::from(request_signature.to_vec())),
+                retry: true,
             }),
         ),
         (
@@ -425,6 +439,17 @@ fn max_len_grant(peers: &FixedPeers) -> Vec<u8> {
     panic!("no grant of exactly MAX_TOKEN_LEN bytes");
 }
 
+/// The token with one bit of its signature flipped (still canonical base64url).
+fn corrupt_signature(token: &str) -> Vec<u8> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let body = token.strip_prefix("v4.public.").expect("v4.public token");
+    let mut payload = URL_SAFE_NO_PAD.decode(body).expect("base64url");
+    let last = payload.len() - 1;
+    payload[last - 8] ^= 0x01;
+    format!("v4.public.{}", URL_SAFE_NO_PAD.encode(payload)).into_bytes()
+}
+
 fn grant_seeds(peers: &FixedPeers) -> Vec<(&'static str, Vec<u8>)> {
     let server = peers.server_identity.signing_key();
     let builder = || {
@@ -545,10 +570,7 @@ fn grant_seeds(peers: &FixedPeers) -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("claims_as_array.bin", sign_raw(&array_claims, b"")),
         ("claims_not_json.bin", sign_raw(b"{not json", b"")),
-        (
-            "bad_signature.bin",
-            flip_last(root_grant(peers).into_bytes()),
-        ),
+        ("bad_signature.bin", corrupt_signature(&root_grant(peers))),
         (
             "v4_local.bin",
             root_grant(peers)
@@ -715,6 +737,7 @@ fn seeds() -> Seeds {
     for (name, message) in &messages {
         let file = match *name {
             "request" => "sealed_request.bin",
+            "request_retry" => "sealed_request_retry.bin",
             "cap_request" => "sealed_cap_request.bin",
             "cancel" => "sealed_cancel.bin",
             "error" => "sealed_error.bin",
@@ -915,6 +938,7 @@ fn plaintext_name(kind: &str) -> &'static str {
         "cap_update" => "cap_update.bin",
         "cap_request" => "cap_request.bin",
         "request" => "request.bin",
+        "request_retry" => "request_retry.bin",
         "response" => "response.bin",
         "stream_item" => "stream_item.bin",
         "error" => "error.bin",
@@ -977,5 +1001,205 @@ fn seed_names_are_unique() {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "duplicate seed name for {target}");
+    }
+}
+
+/// Feeds `payload` as the plaintext of handshake message 3, exactly as the
+/// `client_hello_payload` target does, and returns the server's verdict.
+fn server_verdict_on_client_hello(
+    peers: &FixedPeers,
+    payload: &[u8],
+) -> Result<(), toolwire_protocol::Error> {
+    use toolwire_protocol::handshake::prologue;
+    use toolwire_protocol::noise::{HandshakeState, Role};
+    let now = Instant::now();
+    let mut initiator = HandshakeState::new(
+        Role::Initiator,
+        &prologue(testing::FIXED_ENDPOINT, toolwire_protocol::SUBPROTOCOL),
+        KeyPair::from_secret_bytes(testing::client_static_secret_for_testing_only(
+            &peers.client_config,
+        )),
+        KeyPair::from_secret_bytes(testing::FIXED_CLIENT_EPHEMERAL),
+    );
+    let mut server = testing::server_with_fixed_ephemeral_for_testing_only(
+        peers.server_config.clone(),
+        testing::FIXED_SERVER_EPHEMERAL,
+        now,
+        testing::FIXED_UNIX_TIME,
+    );
+    let mut message = Vec::new();
+    initiator
+        .write_message(&[], &mut message)
+        .expect("message 1");
+    server
+        .handle_record(
+            now,
+            &with_body(header(RecordType::HANDSHAKE_1, 0, 0, 0), &message),
+        )
+        .expect("record 1");
+    let reply = server.poll_transmit().expect("record 2");
+    let mut ignored = Vec::new();
+    initiator
+        .read_message(&reply[HEADER_LEN..], &mut ignored)
+        .expect("message 2");
+    let mut message = Vec::new();
+    initiator
+        .write_message(payload, &mut message)
+        .expect("message 3");
+    server.handle_record(
+        now,
+        &with_body(header(RecordType::HANDSHAKE_3, 0, 0, 0), &message),
+    )
+}
+
+/// The "genuine" seeds really get past the checks they are meant to get past, with
+/// the fixtures the fuzz entry points use; some negative seeds fail where intended.
+#[test]
+fn genuine_seeds_are_accepted_by_the_fuzz_fixtures() {
+    use toolwire_protocol::grant::{verify_grant, GrantError, VerifyContext};
+    let peers = peers();
+    let seeds = seeds();
+    let seed = |target: &str, file: &str| -> Vec<u8> {
+        seeds[target]
+            .iter()
+            .find(|(name, _)| *name == file)
+            .map(|(_, bytes)| bytes.clone())
+            .unwrap_or_else(|| panic!("no seed {target}/{file}"))
+    };
+
+    // grant: same context as `fuzzing::grant`.
+    let issuers = [server_key(&peers)];
+    let context = VerifyContext {
+        trusted_issuers: &issuers,
+        audience: server_key(&peers),
+        holder: client_key(&peers),
+        now_unix: testing::FIXED_UNIX_TIME,
+        session_id: None,
+        max_clock_skew_secs: 0,
+    };
+    let verify =
+        |file: &str| verify_grant(&String::from_utf8_lossy(&seed("grant", file)), &context);
+    for file in [
+        "root_valid.bin",
+        "root_nbf_iat_any_tool.bin",
+        "chain_depth1.bin",
+        "chain_depth3_max.bin",
+        "max_len.bin",
+    ] {
+        assert!(verify(file).is_ok(), "grant/{file}: {:?}", verify(file));
+    }
+    for (file, error) in [
+        ("chain_depth4_too_deep.bin", GrantError::ChainTooDeep),
+        ("session_bound.bin", GrantError::WrongSession),
+        ("expired.bin", GrantError::Expired),
+        ("not_yet_valid.bin", GrantError::NotYetValid),
+        ("wrong_audience.bin", GrantError::WrongAudience),
+        ("wrong_holder.bin", GrantError::WrongHolder),
+        ("untrusted_issuer.bin", GrantError::UntrustedIssuer),
+        ("widened_delegation.bin", GrantError::WidenedDelegation),
+        ("bad_signature.bin", GrantError::BadSignature),
+        ("with_footer.bin", GrantError::Malformed("footer")),
+    ] {
+        assert_eq!(verify(file), Err(error), "grant/{file}");
+    }
+
+    // sealed_record: genuine records open at a fresh established server.
+    for file in [
+        "sealed_request.bin",
+        "sealed_request_retry.bin",
+        "sealed_cap_request.bin",
+        "sealed_cancel.bin",
+        "sealed_error.bin",
+        "sealed_key_update.bin",
+        "sealed_ping.bin",
+        "sealed_close.bin",
+    ] {
+        let (_, mut server, _) = established(&peers);
+        let result = server.handle_record(Instant::now(), &seed("sealed_record", file));
+        assert!(result.is_ok(), "sealed_record/{file}: {result:?}");
+    }
+
+    // inner_message: every kind decodes.
+    for (name, _) in every_message(&peers, &[0; 32]) {
+        let file = plaintext_name(name);
+        assert!(
+            Message::decode(&seed("inner_message", file)).is_ok(),
+            "inner_message/{file}"
+        );
+    }
+
+    // handshake records: each genuine record is accepted at the target's state.
+    let now = Instant::now();
+    let new_server = || {
+        testing::server_with_fixed_ephemeral_for_testing_only(
+            peers.server_config.clone(),
+            testing::FIXED_SERVER_EPHEMERAL,
+            now,
+            testing::FIXED_UNIX_TIME,
+        )
+    };
+    let mut server = new_server();
+    server
+        .handle_record(now, &seed("handshake_message_1", "record1_genuine.bin"))
+        .expect("record 1 accepted");
+    let mut client = testing::client_with_fixed_ephemeral_for_testing_only(
+        peers.client_config.clone(),
+        testing::FIXED_CLIENT_EPHEMERAL,
+        now,
+    );
+    let _ = client.poll_transmit();
+    client
+        .handle_record(now, &seed("handshake_message_2", "record2_genuine.bin"))
+        .expect("record 2 accepted");
+    for (file, accepted) in [
+        ("record3_genuine.bin", true),
+        ("record3_with_grants.bin", true),
+        ("record3_resume.bin", true),
+        ("record3_unknown_client.bin", false),
+    ] {
+        let mut server = new_server();
+        server
+            .handle_record(now, &seed("handshake_message_1", "record1_genuine.bin"))
+            .expect("record 1 accepted");
+        let result = server.handle_record(now, &seed("handshake_message_3", file));
+        assert_eq!(
+            result.is_ok(),
+            accepted,
+            "handshake_message_3/{file}: {result:?}"
+        );
+        if accepted {
+            assert!(server.is_established());
+        }
+    }
+
+    // client_hello_payload
+    for (file, accepted) in [
+        ("hello_genuine.bin", true),
+        ("hello_with_grants.bin", true),
+        ("hello_resume.bin", true),
+        ("hello_as_array.bin", true),
+        ("hello_resume_bad_lineage.bin", false),
+        ("hello_too_many_grants.bin", false),
+        ("hello_bad_signature.bin", false),
+        ("hello_unknown_client.bin", false),
+    ] {
+        let result = server_verdict_on_client_hello(&peers, &seed("client_hello_payload", file));
+        assert_eq!(
+            result.is_ok(),
+            accepted,
+            "client_hello_payload/{file}: {result:?}"
+        );
+    }
+
+    // manifest
+    for file in [
+        "manifest_genuine.bin",
+        "manifest_signed_bytes.bin",
+        "manifest_as_array.bin",
+    ] {
+        assert!(
+            rmp_serde::from_slice::<Manifest>(&seed("manifest", file)).is_ok(),
+            "manifest/{file}"
+        );
     }
 }
