@@ -28,6 +28,10 @@ use toolwire_protocol::{
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How long a connection whose socket failed a write keeps reading for the server's
+/// close code.
+const CLOSE_DRAIN: Duration = Duration::from_millis(200);
+
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -438,8 +442,8 @@ impl Driver {
         loop {
             // Events first: handling them may queue records.
             self.drain_events();
-            if let Err(code) = self.flush().await {
-                return code;
+            if self.flush().await.is_err() {
+                return self.close_code_after_write_failure().await;
             }
             if let Some((code, _)) = self.connection.close_code() {
                 // Best effort: the peer may already be gone.
@@ -466,6 +470,30 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// The socket refused a write, typically because the server closed the connection
+    /// while this side was still sending. What the server sent before going away
+    /// (answers, its CLOSE record, its close frame) may still be buffered: read it, for
+    /// at most [`CLOSE_DRAIN`], so that callers learn the server's close code (say
+    /// RATE_LIMITED) instead of GOING_AWAY.
+    async fn close_code_after_write_failure(&mut self) -> CloseCode {
+        let drain = async {
+            loop {
+                let frame = self.socket.next().await;
+                let gone = self.handle_frame(frame);
+                self.drain_events();
+                if let Some((code, _)) = self.connection.close_code() {
+                    return code;
+                }
+                if let Some(code) = gone {
+                    return code;
+                }
+            }
+        };
+        tokio::time::timeout(CLOSE_DRAIN, drain)
+            .await
+            .unwrap_or(CloseCode::GOING_AWAY)
     }
 
     async fn flush(&mut self) -> Result<(), CloseCode> {

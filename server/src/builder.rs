@@ -1,11 +1,11 @@
 //! Building a server: identity, trust, Origin policy, limits, tools.
 
-use crate::tool::{Registry, SchemaError, Tool};
+use crate::tool::{Catalog, SchemaError, Tool};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use toolwire_protocol::manifest::Manifest;
-use toolwire_protocol::message::SignedManifest;
+use tokio::sync::watch;
+use toolwire_protocol::authz::{Authorizer, AuthzLimits};
 use toolwire_protocol::upgrade::{InvalidOrigin, UpgradePolicy};
 use toolwire_protocol::{ConnectionLimits, Identity, IdentityKey, ServerConfig};
 
@@ -39,6 +39,10 @@ pub struct Limits {
     /// Consecutive RESOURCE_EXHAUSTED refusals after which the connection is closed
     /// with RATE_LIMITED (4008). Default 100.
     pub max_consecutive_refusals: u32,
+    /// Tolerated clock difference with grant issuers, in seconds, applied both when
+    /// grants are verified in the handshake and when their expiry is checked on every
+    /// call. Default 30. Bounds how long past its `exp` a grant is still honoured.
+    pub max_clock_skew_secs: i64,
 }
 
 impl Default for Limits {
@@ -54,6 +58,7 @@ impl Default for Limits {
             max_unauthenticated_total: 1024,
             upgrade_timeout: Duration::from_secs(5),
             max_consecutive_refusals: 100,
+            max_clock_skew_secs: 30,
         }
     }
 }
@@ -76,6 +81,18 @@ pub enum BuildError {
     NoClients,
 }
 
+/// Why [`Server::replace_tool`] refused a tool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplaceToolError {
+    /// The new input schema is not a valid JSON Schema; the old tool stays.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// No registered tool has this name.
+    #[error("no tool is named `{0}`")]
+    UnknownTool(String),
+}
+
 /// Which tools an allowlisted client may call.
 #[derive(Debug, Clone)]
 pub(crate) enum ToolAllowance {
@@ -94,11 +111,13 @@ pub(crate) struct Policy {
 pub(crate) struct Inner {
     pub(crate) protocol: Arc<ServerConfig>,
     pub(crate) upgrade: UpgradePolicy,
-    pub(crate) registry: Registry,
-    pub(crate) manifest: SignedManifest,
+    /// The current tools; connections watch it for changes.
+    pub(crate) catalog: watch::Sender<Arc<Catalog>>,
     pub(crate) limits: Limits,
+    pub(crate) authz_limits: AuthzLimits,
     pub(crate) policy: RwLock<Policy>,
     pub(crate) require_signatures: bool,
+    pub(crate) authorizer: Option<PolicyHook>,
     pub(crate) unauthenticated: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub(crate) rates: crate::connection::RateBudgets,
     pub(crate) at_most_once: crate::connection::SharedAtMostOnce,
@@ -133,6 +152,7 @@ impl Server {
             limits: Limits::default(),
             tools: Vec::new(),
             require_signatures: true,
+            authorizer: None,
         }
     }
 
@@ -143,11 +163,58 @@ impl Server {
 
     /// The manifest of every registered tool.
     pub fn tools(&self) -> Vec<toolwire_protocol::manifest::ToolDescriptor> {
-        self.inner.registry.descriptors()
+        self.inner.catalog.borrow().registry.descriptors()
+    }
+
+    /// Replaces the registered tool of the same name (description, schemas and
+    /// handler) and re-signs the manifest.
+    ///
+    /// Live sessions are sent CAP_UPDATE with the new signed manifest and a granted
+    /// set without the tool: a grant is bound to the digest of the definition the
+    /// agent approved, so a changed definition is not callable in those sessions
+    /// (calls are refused with PERMISSION_DENIED, and clients report
+    /// MANIFEST_CHANGED) until it is granted again, by a CAP_REQUEST or in a new
+    /// session. The change takes effect on every session's very next request.
+    /// Replacing a tool with an identical definition changes nothing but the
+    /// handler.
+    ///
+    /// # Errors
+    /// [`ReplaceToolError::UnknownTool`] when no tool has this name;
+    /// [`ReplaceToolError::Schema`] when the new input schema is invalid. Either way
+    /// nothing changes.
+    pub fn replace_tool(&self, tool: Tool) -> Result<(), ReplaceToolError> {
+        let identity = self.inner.protocol.identity();
+        let mut outcome = Ok(());
+        self.inner.catalog.send_if_modified(|catalog| {
+            let name = tool.descriptor.name.clone();
+            if !catalog.registry.tools.contains_key(&name) {
+                outcome = Err(ReplaceToolError::UnknownTool(name));
+                return false;
+            }
+            let mut tools = catalog.tools();
+            for registered in &mut tools {
+                if registered.descriptor.name == name {
+                    *registered = tool.clone();
+                }
+            }
+            match Catalog::new(tools, identity) {
+                Ok(next) => {
+                    tracing::warn!(tool = %name, event = "tool_replaced", "toolwire tool definition replaced");
+                    *catalog = Arc::new(next);
+                    true
+                }
+                Err(error) => {
+                    outcome = Err(error.into());
+                    false
+                }
+            }
+        });
+        outcome
     }
 
     /// Revokes a grant by id: the very next call relying on it is refused with
-    /// CAPABILITY_REVOKED.
+    /// CAPABILITY_REVOKED, and a session whose authority came only from grants, all
+    /// of them now revoked, is then closed with CAPABILITY_REVOKED (4007).
     pub fn revoke_grant(&self, grant_id: &str) {
         let mut policy = write(&self.inner.policy);
         policy.revoked_grants.insert(grant_id.to_owned());
@@ -189,6 +256,17 @@ pub struct ServerBuilder {
     limits: Limits,
     tools: Vec<Tool>,
     require_signatures: bool,
+    authorizer: Option<PolicyHook>,
+}
+
+/// The policy hook of [`ServerBuilder::authorizer`].
+#[derive(Clone)]
+pub(crate) struct PolicyHook(pub(crate) Arc<dyn Authorizer + Send + Sync>);
+
+impl std::fmt::Debug for PolicyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyHook")
+    }
 }
 
 impl ServerBuilder {
@@ -235,6 +313,16 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds a policy hook to step 4 of the authorization pipeline: a call runs only
+    /// when the allowlist (or the call's grant) and `authorizer` both allow it. The
+    /// hook runs on the connection's task for every call that passed steps 1 to 3, so
+    /// it must decide quickly; its denial reason goes to the decision record, never to
+    /// the peer, which is answered PERMISSION_DENIED.
+    pub fn authorizer(mut self, authorizer: impl Authorizer + Send + Sync + 'static) -> Self {
+        self.authorizer = Some(PolicyHook(Arc::new(authorizer)));
+        self
+    }
+
     /// Registers a tool.
     pub fn tool(mut self, tool: Tool) -> Self {
         self.tools.push(tool);
@@ -262,30 +350,30 @@ impl ServerBuilder {
         if self.clients.is_empty() && self.grant_issuers.is_empty() {
             return Err(BuildError::NoClients);
         }
-        let registry = Registry::new(self.tools)?;
-        let manifest = Manifest {
-            server: self.identity.public_key().to_bytes().to_vec().into(),
-            tools: registry.descriptors(),
-        }
-        .sign(&self.identity);
+        let catalog = Catalog::new(self.tools, &self.identity)?;
         let protocol = ServerConfig::new(self.identity, self.endpoint, &mut rand_core::OsRng)
             .allow_clients(self.clients.keys().copied())
             .trust_grant_issuers(self.grant_issuers)
-            .with_limits(self.limits.connection.clone());
+            .with_limits(self.limits.connection.clone())
+            .with_max_clock_skew(self.limits.max_clock_skew_secs);
+        let mut authz_limits = AuthzLimits::default();
+        authz_limits.max_in_flight = self.limits.max_in_flight;
+        authz_limits.max_clock_skew_secs = self.limits.max_clock_skew_secs;
         let rates = crate::connection::RateBudgets::new(&self.limits);
         Ok(Server {
             inner: Arc::new(Inner {
                 protocol: Arc::new(protocol),
                 upgrade: self.upgrade,
-                registry,
-                manifest,
+                catalog: watch::Sender::new(Arc::new(catalog)),
                 limits: self.limits,
+                authz_limits,
                 policy: RwLock::new(Policy {
                     version: 1,
                     clients: self.clients,
                     revoked_grants: HashSet::new(),
                 }),
                 require_signatures: self.require_signatures,
+                authorizer: self.authorizer,
                 unauthenticated: Mutex::new(HashMap::new()),
                 rates,
                 at_most_once: crate::connection::SharedAtMostOnce::new(),

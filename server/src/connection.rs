@@ -2,10 +2,10 @@
 //! state machine, runs the authorization pipeline of the protocol crate on every
 //! REQUEST, and runs tool handlers. It makes no protocol decision of its own.
 
-use crate::builder::{read, Inner, Limits, Policy, ToolAllowance};
+use crate::builder::{read, Inner, Limits, Policy, PolicyHook, ToolAllowance};
 use crate::serve::UnauthenticatedSlot;
-use crate::tool::{CallContext, Registry, ToolResult};
-use futures_util::{SinkExt as _, StreamExt as _};
+use crate::tool::{decode_args, CallContext, Catalog, Registry, ToolResult};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -25,17 +25,26 @@ use toolwire_protocol::amo::{
     LineageOrigin,
 };
 use toolwire_protocol::authz::{
-    AllowlistAuthorizer, AuthzLimits, RateBudgets as RateBudgetCheck, RequestPipeline, RetryAfter,
-    SessionAuthz, ToolDigests, Verdict,
+    AllowlistAuthorizer, AuthorizationRequest, Authorizer, Decision,
+    RateBudgets as RateBudgetCheck, RequestPipeline, RetryAfter, SessionAuthz, ToolDigests,
+    Verdict,
 };
 use toolwire_protocol::envelope::{RequestFields, ResponseFields};
+use toolwire_protocol::grant::Grant;
+use toolwire_protocol::handshake::verify_presented_grants;
 use toolwire_protocol::message::{
-    CallLimits, CapGrant, ErrorMessage, GrantedTool, Request, Response, StreamItem,
+    CallLimits, CapGrant, CapRequest, CapUpdate, ErrorMessage, GrantedTool, Request, Response,
+    StreamItem,
 };
 use toolwire_protocol::upgrade::{check_frame, FrameKind};
 use toolwire_protocol::{
     CloseCode, Connection, ErrorCode, Event, IdentityKey, Message, SessionInfo,
 };
+
+/// How long a closed connection keeps reading, so that the peer receives the close
+/// (see `Driver::linger`). Bounds how long a peer that never answers the close keeps
+/// the socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 fn per_second(rate: u32, burst: u32) -> Quota {
     let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -66,6 +75,9 @@ impl RateBudgets {
 struct ConnectionBudgets<'a> {
     connection: &'a DefaultDirectRateLimiter,
     shared: &'a RateBudgets,
+    /// The tools of the current manifest: per-tool buckets exist only for them, so a
+    /// client cannot grow the keyed limiter without bound by calling made-up names.
+    tools: &'a ToolDigests,
 }
 
 impl RateBudgetCheck for ConnectionBudgets<'_> {
@@ -75,6 +87,9 @@ impl RateBudgetCheck for ConnectionBudgets<'_> {
             |not_until: governor::NotUntil<_>| RetryAfter(not_until.wait_time_from(clock.now()));
         self.connection.check().map_err(wait)?;
         self.shared.per_identity.check_key(client).map_err(wait)?;
+        if self.tools.digest(tool).is_none() {
+            return Ok(());
+        }
         self.shared
             .per_tool
             .check_key(&(*client, tool.to_owned()))
@@ -119,9 +134,7 @@ impl toolwire_protocol::authz::ArgumentValidator for Registry {
             .tools
             .get(tool)
             .ok_or_else(|| "no such tool".to_owned())?;
-        let value: serde_json::Value = rmp_serde::from_slice(args)
-            .map_err(|_| "arguments are not valid msgpack".to_owned())?;
-        entry.validate(&value)
+        entry.validate(&decode_args(args)?)
     }
 }
 
@@ -140,15 +153,37 @@ impl Policy {
     }
 }
 
+/// Step 4 with the policy hook of [`crate::ServerBuilder::authorizer`]: the allowlist
+/// decides first, and a call it allows is then put to the hook.
+struct WithHook<'a> {
+    allowlist: &'a AllowlistAuthorizer,
+    hook: Option<&'a PolicyHook>,
+}
+
+impl Authorizer for WithHook<'_> {
+    fn authorize(&self, request: &AuthorizationRequest<'_>) -> Decision {
+        match self.allowlist.authorize(request) {
+            Decision::Allow => self
+                .hook
+                .map_or(Decision::Allow, |hook| hook.0.authorize(request)),
+            denied => denied,
+        }
+    }
+}
+
 /// A running tool call.
 struct Running {
     abort: AbortHandle,
     request_hash: [u8; 32],
+    /// Index of the next STREAM_ITEM of this call.
+    next_item: u64,
 }
 
 enum Outcome {
     Finished(u64, ToolResult),
     Item(u64, serde_json::Value),
+    /// The handler panicked: the call's outcome is unknown (AMO-026).
+    Crashed(u64),
 }
 
 struct Driver<S> {
@@ -158,11 +193,26 @@ struct Driver<S> {
     peer: SocketAddr,
     slot: UnauthenticatedSlot,
     session: Option<SessionAuthz>,
+    /// The granted set last sent to the client (CAP_GRANT or CAP_UPDATE).
+    granted: Vec<GrantedTool>,
+    /// The tools the client asked for (handshake and CAP_REQUESTs).
+    requested: Vec<String>,
     running: HashMap<u64, Running>,
     outcomes: mpsc::UnboundedSender<Outcome>,
     connection_budget: DefaultDirectRateLimiter,
     consecutive_refusals: u32,
-    tool_digests: ToolDigests,
+    /// The tools this connection works with, and the server's current ones.
+    catalog: Arc<Catalog>,
+    catalog_updates: watch::Receiver<Arc<Catalog>>,
+}
+
+/// Wall-clock time in Unix seconds, rounded down (grant expiry is checked against it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 pub(crate) async fn run<S>(
@@ -173,22 +223,15 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let unix_now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        });
     let connection = Connection::server(
         inner.protocol.clone(),
         Instant::now(),
-        unix_now,
+        unix_now(),
         &mut rand_core::OsRng,
     );
     let (outcomes, outcome_receiver) = mpsc::unbounded_channel();
-    let mut tool_digests = ToolDigests::new();
-    for (name, entry) in &inner.registry.tools {
-        tool_digests.insert(name.clone(), entry.digest);
-    }
+    let mut catalog_updates = inner.catalog.subscribe();
+    let catalog = catalog_updates.borrow_and_update().clone();
     let connection_budget =
         RateLimiter::direct(per_second(inner.limits.rate_per_sec, inner.limits.burst));
     tracing::debug!(%peer, event = "connection_open", "toolwire connection open");
@@ -199,11 +242,14 @@ pub(crate) async fn run<S>(
         peer,
         slot,
         session: None,
+        granted: Vec::new(),
+        requested: Vec::new(),
         running: HashMap::new(),
         outcomes,
         connection_budget,
         consecutive_refusals: 0,
-        tool_digests,
+        catalog,
+        catalog_updates,
     };
     driver.run(outcome_receiver).await;
 }
@@ -224,6 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 };
                 let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
                 tracing::info!(peer = %self.peer, %code, %side, event = "connection_closed", "toolwire connection closed");
+                self.linger().await;
                 break code;
             }
             let deadline = self.connection.poll_timeout().map_or_else(
@@ -237,15 +284,95 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                 }
                 Some(outcome) = outcomes.recv() => self.handle_outcome(outcome),
+                Ok(()) = self.catalog_updates.changed() => self.sync_catalog(),
                 () = tokio::time::sleep_until(deadline) => {
                     let _ = self.connection.handle_timeout(Instant::now());
                 }
             }
         };
-        for (_, running) in self.running.drain() {
-            running.abort.abort();
-        }
+        self.end_running_calls(&mut outcomes);
         tracing::debug!(peer = %self.peer, %code, "toolwire connection task ends");
+    }
+
+    /// After our close frame: reads and discards what the peer still sends until it
+    /// answers the close, for at most [`CLOSE_LINGER`]. Dropping a socket with unread
+    /// input makes the kernel reset the connection, and a peer still writing (a
+    /// flooding client, a large frame) would then lose our CLOSE record and close
+    /// frame and never learn why it was closed.
+    async fn linger(&mut self) {
+        let drain = async { while let Some(Ok(_)) = self.socket.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    }
+
+    /// The connection is gone: results that already arrived are recorded in the
+    /// at-most-once table (a retry on a resumed lineage gets them), and calls still
+    /// running are stopped and abandoned (their outcome is unknown, AMO-026), so a
+    /// retry is answered RESULT_UNAVAILABLE instead of waiting forever for a call no
+    /// connection will ever answer.
+    fn end_running_calls(&mut self, outcomes: &mut mpsc::UnboundedReceiver<Outcome>) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let lineage = session.lineage;
+        while let Ok(outcome) = outcomes.try_recv() {
+            if let Outcome::Finished(id, result) = outcome {
+                if self.running.remove(&id).is_some() {
+                    (&self.inner.at_most_once).complete(&lineage, id, cached_outcome(&result));
+                }
+            }
+        }
+        for (id, running) in self.running.drain() {
+            running.abort.abort();
+            (&self.inner.at_most_once).abandon(&lineage, id);
+        }
+    }
+
+    /// Adopts the server's current tools if they changed. A granted tool whose
+    /// definition (digest) changed, or that is gone, leaves the granted set (the
+    /// digest binding of step 2 of the pipeline, applied to what the client is told),
+    /// and the client is sent CAP_UPDATE with the new signed manifest.
+    fn sync_catalog(&mut self) {
+        let current = self.catalog_updates.borrow_and_update().clone();
+        if Arc::ptr_eq(&current, &self.catalog) {
+            return;
+        }
+        let manifest_changed = current.manifest != self.catalog.manifest;
+        self.catalog = current;
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if !manifest_changed {
+            return;
+        }
+        let catalog = &self.catalog;
+        let (kept, dropped): (Vec<GrantedTool>, Vec<GrantedTool>) =
+            std::mem::take(&mut self.granted)
+                .into_iter()
+                .partition(|tool| {
+                    catalog
+                        .digests
+                        .digest(&tool.name)
+                        .is_some_and(|digest| digest.as_slice() == tool.digest.as_slice())
+                });
+        let revoked: Vec<String> = dropped.into_iter().map(|tool| tool.name).collect();
+        session.set_granted(&kept);
+        self.granted = kept.clone();
+        tracing::warn!(
+            peer = %self.peer,
+            client = %session.client,
+            tools = ?revoked,
+            event = "manifest_changed",
+            "toolwire tool definitions changed: sending CAP_UPDATE"
+        );
+        let update = CapUpdate {
+            granted: kept,
+            revoked,
+            policy_version: read(&self.inner.policy).version,
+            manifest: Some(self.catalog.manifest.clone()),
+        };
+        let _ = self
+            .connection
+            .send(Instant::now(), Message::CapUpdate(update));
     }
 
     async fn flush(&mut self) -> Result<(), WsError> {
@@ -293,6 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Event::Established(info) => self.establish(&info),
                 Event::Message(Message::Request(request)) => self.handle_request(request),
                 Event::Message(Message::Cancel(cancel)) => self.handle_cancel(cancel.id),
+                Event::Message(Message::CapRequest(request)) => self.handle_cap_request(request),
                 Event::Message(other) => {
                     tracing::debug!(kind = other.kind(), "toolwire message ignored")
                 }
@@ -308,30 +436,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// sends CAP_GRANT with the signed manifest.
     fn establish(&mut self, info: &SessionInfo) {
         self.slot.release();
+        self.sync_catalog();
         let policy = read(&self.inner.policy);
         let allowance = policy.clients.get(&info.peer).cloned();
-        let wants_all = info.cap_request.tools.iter().any(|tool| tool == "*");
-        let granted: Vec<GrantedTool> = self
-            .inner
-            .registry
-            .tools
-            .iter()
-            .filter(|(name, _)| {
-                wants_all || info.cap_request.tools.iter().any(|tool| tool == *name)
-            })
-            .filter(|(name, _)| {
-                let by_key = match &allowance {
-                    Some(ToolAllowance::All) => true,
-                    Some(ToolAllowance::Only(tools)) => tools.contains(*name),
-                    None => false,
-                };
-                by_key || info.grants.iter().any(|grant| grant.allows_tool(name))
-            })
-            .map(|(name, entry)| GrantedTool {
-                name: name.clone(),
-                digest: entry.digest.to_vec().into(),
-            })
-            .collect();
+        self.requested = info.cap_request.tools.clone();
+        let granted = granted_set(
+            &self.catalog,
+            &self.requested,
+            allowance.as_ref(),
+            &info.grants,
+        );
         let policy_version = policy.version;
         drop(policy);
         if allowance.is_none() && info.grants.is_empty() {
@@ -362,52 +476,114 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             },
             expires_at_ms: None,
             policy_version,
-            manifest: self.inner.manifest.clone(),
+            manifest: self.catalog.manifest.clone(),
         };
+        self.granted = grant.granted.clone();
         self.session = Some(session);
         let _ = self
             .connection
             .send(Instant::now(), Message::CapGrant(grant));
     }
 
+    /// CAP_REQUEST (GRT-037, GRT-038, GRT-039): verifies the presented grants (only
+    /// the first 8) for this session and holder, adds those that verify to the
+    /// session's grants, and answers with CAP_UPDATE carrying the complete new
+    /// granted set for every tool asked for so far.
+    fn handle_cap_request(&mut self, request: CapRequest) {
+        self.sync_catalog();
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let (grants, rejected) = verify_presented_grants(
+            &self.inner.protocol,
+            &request.grants,
+            session.client,
+            session.session_id,
+            unix_now(),
+        );
+        for (position, error) in &rejected {
+            tracing::info!(peer = %self.peer, position, %error, "toolwire presented grant disregarded");
+        }
+        session.grants.extend(grants);
+        for tool in request.tools {
+            if !self.requested.contains(&tool) {
+                self.requested.push(tool);
+            }
+        }
+        let policy = read(&self.inner.policy);
+        let allowance = policy.clients.get(&session.client).cloned();
+        let policy_version = policy.version;
+        drop(policy);
+        let granted = granted_set(
+            &self.catalog,
+            &self.requested,
+            allowance.as_ref(),
+            &session.grants,
+        );
+        let revoked = self
+            .granted
+            .iter()
+            .filter(|old| !granted.iter().any(|new| new.name == old.name))
+            .map(|old| old.name.clone())
+            .collect();
+        session.set_granted(&granted);
+        self.granted = granted.clone();
+        let update = CapUpdate {
+            granted,
+            revoked,
+            policy_version,
+            manifest: None,
+        };
+        let _ = self
+            .connection
+            .send(Instant::now(), Message::CapUpdate(update));
+    }
+
     fn handle_request(&mut self, request: Request) {
+        // A tool change takes effect on the very next request (AUTHZ-001).
+        self.sync_catalog();
         let Some(session) = self.session.as_ref() else {
             return;
         };
         let now = Instant::now();
-        let unix_now = self.connection.unix_time(now);
         let policy = read(&self.inner.policy);
-        let authorizer = policy.authorizer();
-        let mut limits = AuthzLimits::default();
-        limits.max_in_flight = self.inner.limits.max_in_flight;
+        let allowlist = policy.authorizer();
+        let authorizer = WithHook {
+            allowlist: &allowlist,
+            hook: self.inner.authorizer.as_ref(),
+        };
         let mut budgets = ConnectionBudgets {
             connection: &self.connection_budget,
             shared: &self.inner.rates,
+            tools: &self.catalog.digests,
         };
         let mut at_most_once = &self.inner.at_most_once;
         let mut pipeline = RequestPipeline {
-            limits: &limits,
+            limits: &self.inner.authz_limits,
             rate_budgets: &mut budgets,
-            tools: &self.tool_digests,
+            tools: &self.catalog.digests,
             revocations: &policy.revoked_grants,
             authorizer: &authorizer,
             policy_version: policy.version,
-            validator: &self.inner.registry,
+            validator: &self.catalog.registry,
             at_most_once: &mut at_most_once,
         };
         let in_flight = u32::try_from(self.running.len()).unwrap_or(u32::MAX);
-        let evaluation = pipeline.evaluate(session, &request, in_flight, now, unix_now);
+        let evaluation = pipeline.evaluate(session, &request, in_flight, now, unix_now());
         drop(policy);
         let record = &evaluation.record;
         tracing::info!(
             target: "toolwire::decision",
             session = %hex(&record.session_id[..8]),
             client = %record.client,
+            lineage = %hex(&record.lineage),
             request_id = record.request_id,
+            retry = record.retry,
             tool = %record.tool,
             decision = ?record.decision,
             refused_at = record.refused_at.map(|step| step.name()),
             policy_version = record.policy_version,
+            authority = ?record.authority,
             "toolwire authorization decision"
         );
         let session_id = session.session_id;
@@ -437,13 +613,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     self.consecutive_refusals = 0;
                 }
                 if let Some(error) = verdict.error_message(request.id) {
+                    let error = with_retry_hint(error, &self.inner);
                     let _ = self.connection.send(now, Message::Error(error));
+                }
+                if verdict.refusal_code() == Some(ErrorCode::CAPABILITY_REVOKED) {
+                    self.close_if_every_grant_revoked();
                 }
                 if self.consecutive_refusals > self.inner.limits.max_consecutive_refusals {
                     self.connection.close(CloseCode::RATE_LIMITED, "");
                 }
             }
         }
+    }
+
+    /// GRT-042: a session whose authority comes only from grants, all of them now
+    /// revoked, can never make another call. It is told so (CAP_UPDATE with an empty
+    /// granted set) and closed with CAPABILITY_REVOKED (4007). Checked when a call was
+    /// just refused for a revocation, so that call still gets its own answer first.
+    fn close_if_every_grant_revoked(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if session.key_allowed || session.grants.is_empty() {
+            return;
+        }
+        let policy = read(&self.inner.policy);
+        let revoked = |id: &String| policy.revoked_grants.contains(id);
+        let every_grant_revoked = session
+            .grants
+            .iter()
+            .all(|grant| revoked(&grant.id) || grant.chain_ids.iter().any(revoked));
+        let policy_version = policy.version;
+        drop(policy);
+        if !every_grant_revoked {
+            return;
+        }
+        session.set_granted(&[]);
+        let revoked_tools = std::mem::take(&mut self.granted)
+            .into_iter()
+            .map(|tool| tool.name)
+            .collect();
+        tracing::warn!(peer = %self.peer, client = %session.client, event = "capability_revoked", "toolwire session lost every grant: closing");
+        let update = CapUpdate {
+            granted: Vec::new(),
+            revoked: revoked_tools,
+            policy_version,
+            manifest: None,
+        };
+        let _ = self
+            .connection
+            .send(Instant::now(), Message::CapUpdate(update));
+        self.connection.close(CloseCode::CAPABILITY_REVOKED, "");
     }
 
     fn execute(
@@ -453,12 +673,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         session_id: [u8; 32],
         request_hash: [u8; 32],
     ) {
-        let Some(entry) = self.inner.registry.tools.get(&request.tool) else {
+        let Some(entry) = self.catalog.registry.tools.get(&request.tool) else {
             return;
         };
         // The validator already decoded these bytes once; they are valid msgpack.
-        let args: serde_json::Value =
-            rmp_serde::from_slice(&request.args).unwrap_or(serde_json::Value::Null);
+        let args = decode_args(&request.args).unwrap_or(serde_json::Value::Null);
         let (items, mut item_receiver) = mpsc::unbounded_channel();
         let context = CallContext {
             client,
@@ -477,27 +696,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     let _ = forward.send(Outcome::Item(id, item));
                 }
             });
-            let call = handler(args, context);
-            let result = match deadline {
+            // A panicking handler is caught, so that its call ends (AMO-026).
+            let call = std::panic::AssertUnwindSafe(async move { handler(args, context).await })
+                .catch_unwind();
+            let finished = match deadline {
                 Some(deadline) => tokio::time::timeout(deadline, call)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(crate::ToolError::new(
+                        Ok(Err(crate::ToolError::new(
                             ErrorCode::DEADLINE_EXCEEDED,
                             "deadline exceeded",
-                        ))
+                        )))
                     }),
                 None => call.await,
             };
             // Items sent before the result go out first.
             let _ = forwarder.await;
-            let _ = outcomes.send(Outcome::Finished(id, result));
+            let _ = outcomes.send(match finished {
+                Ok(result) => Outcome::Finished(id, result),
+                Err(_) => Outcome::Crashed(id),
+            });
         });
         self.running.insert(
             id,
             Running {
                 abort: task.abort_handle(),
                 request_hash,
+                next_item: 0,
             },
         );
     }
@@ -509,9 +734,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let lineage = session.lineage;
         match outcome {
             Outcome::Item(id, item) => {
-                if self.running.contains_key(&id) {
+                if let Some(running) = self.running.get_mut(&id) {
                     let data = rmp_serde::to_vec_named(&item).unwrap_or_default();
-                    let index = 0;
+                    let index = running.next_item;
+                    running.next_item += 1;
                     let _ = self.connection.send(
                         Instant::now(),
                         Message::StreamItem(StreamItem {
@@ -528,15 +754,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 let Some(running) = self.running.remove(&id) else {
                     return;
                 };
-                let cached = match &result {
-                    Ok(value) => {
-                        CachedOutcome::Response(rmp_serde::to_vec_named(value).unwrap_or_default())
-                    }
-                    Err(error) => CachedOutcome::Error {
-                        code: error.code,
-                        message: error.message.clone(),
-                    },
-                };
+                let cached = cached_outcome(&result);
                 if !(&self.inner.at_most_once).complete(&lineage, id, cached.clone()) {
                     return;
                 }
@@ -546,10 +764,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                     other => {
                         if let Some(error) = other.error_message(id) {
+                            let error = with_retry_hint(error, &self.inner);
                             let _ = self.connection.send(Instant::now(), Message::Error(error));
                         }
                     }
                 }
+            }
+            Outcome::Crashed(id) => {
+                if self.running.remove(&id).is_none() {
+                    return;
+                }
+                // Nothing is cached: a retry is answered RESULT_UNAVAILABLE (AMO-026).
+                (&self.inner.at_most_once).abandon(&lineage, id);
+                tracing::warn!(peer = %self.peer, request_id = id, "toolwire tool handler panicked");
+                let error = ErrorMessage {
+                    id: Some(id),
+                    code: ErrorCode::INTERNAL.0,
+                    message: "the tool failed".into(),
+                    retry_after_ms: None,
+                };
+                let _ = self.connection.send(Instant::now(), Message::Error(error));
             }
         }
     }
@@ -602,6 +836,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     }
 }
 
+/// What the at-most-once table keeps of a handler's result.
+fn cached_outcome(result: &ToolResult) -> CachedOutcome {
+    match result {
+        Ok(value) => CachedOutcome::Response(rmp_serde::to_vec_named(value).unwrap_or_default()),
+        Err(error) => CachedOutcome::Error {
+            // Only codes of the spec's table go on the wire (ERR-001).
+            code: if error.code.name().is_some() {
+                error.code
+            } else {
+                ErrorCode::UNKNOWN
+            },
+            message: error.message.clone(),
+        },
+    }
+}
+
+/// Every RESOURCE_EXHAUSTED carries `retry_after_ms` (ERR-005); one a handler chose
+/// gets the in-flight retry hint.
+fn with_retry_hint(mut error: ErrorMessage, inner: &Inner) -> ErrorMessage {
+    if error.code == ErrorCode::RESOURCE_EXHAUSTED.0 && error.retry_after_ms.is_none() {
+        error.retry_after_ms =
+            Some(RetryAfter(inner.authz_limits.in_flight_retry_after).as_millis_ceil());
+    }
+    error
+}
+
+/// The granted set (GRT-035): the tools of `catalog` that the client asked for (all
+/// for `"*"`) and that its allowlist entry or one of its verified grants covers, each
+/// with the digest of its current manifest entry (MAN-009).
+fn granted_set(
+    catalog: &Catalog,
+    requested: &[String],
+    allowance: Option<&ToolAllowance>,
+    grants: &[Grant],
+) -> Vec<GrantedTool> {
+    let wants_all = requested.iter().any(|tool| tool == "*");
+    catalog
+        .registry
+        .tools
+        .iter()
+        .filter(|(name, _)| wants_all || requested.iter().any(|tool| tool == *name))
+        .filter(|(name, _)| {
+            let by_key = match allowance {
+                Some(ToolAllowance::All) => true,
+                Some(ToolAllowance::Only(tools)) => tools.contains(*name),
+                None => false,
+            };
+            by_key || grants.iter().any(|grant| grant.allows_tool(name))
+        })
+        .map(|(name, entry)| GrantedTool {
+            name: name.clone(),
+            digest: entry.digest.to_vec().into(),
+        })
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AUTHZ-006: made-up tool names must not grow the per-tool limiter.
+    #[test]
+    fn per_tool_buckets_exist_only_for_tools_of_the_manifest() {
+        let rates = RateBudgets::new(&Limits::default());
+        let connection = RateLimiter::direct(per_second(10_000, 10_000));
+        let mut tools = ToolDigests::new();
+        tools.insert("echo", [0; 32]);
+        let mut budgets = ConnectionBudgets {
+            connection: &connection,
+            shared: &rates,
+            tools: &tools,
+        };
+        let client = toolwire_protocol::Identity::from_seed(&[7; 32]).public_key();
+        for index in 0..100 {
+            assert!(budgets
+                .check(&client, &format!("made-up-{index}"), Instant::now())
+                .is_ok());
+        }
+        assert_eq!(rates.per_tool.len(), 0);
+        assert!(budgets.check(&client, "echo", Instant::now()).is_ok());
+        assert_eq!(rates.per_tool.len(), 1);
+    }
 }

@@ -29,6 +29,6 @@ mod connection;
 mod serve;
 mod tool;
 
-pub use builder::{BuildError, Limits, Server, ServerBuilder};
+pub use builder::{BuildError, Limits, ReplaceToolError, Server, ServerBuilder};
 pub use tool::{CallContext, HandlerFuture, SchemaError, Tool, ToolError, ToolResult};
 pub use toolwire_protocol as protocol;

@@ -133,10 +133,20 @@ impl Server {
                 Capacity::TotalExceeded => return Err(refusal(StatusCode::SERVICE_UNAVAILABLE)),
                 Capacity::Available => {}
             }
+            // Every `Origin` line counts (TRN-009): several are joined with ", ", which
+            // is not a serialized origin and matches nothing. A value that is not
+            // visible ASCII matches nothing either.
+            let origins: Vec<&str> = request
+                .headers()
+                .get_all("Origin")
+                .iter()
+                .map(|value| value.to_str().unwrap_or("\u{0}"))
+                .collect();
+            let origins = origins.join(", ");
             let origin = request
                 .headers()
-                .get("Origin")
-                .map(|value| value.to_str().unwrap_or("\u{0}"));
+                .contains_key("Origin")
+                .then_some(origins.as_str());
             let offered: Vec<&str> = request
                 .headers()
                 .get_all("Sec-WebSocket-Protocol")

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use toolwire_protocol::manifest::ToolDescriptor;
-use toolwire_protocol::{ErrorCode, IdentityKey};
+use toolwire_protocol::authz::ToolDigests;
+use toolwire_protocol::manifest::{Manifest, ToolDescriptor};
+use toolwire_protocol::message::SignedManifest;
+use toolwire_protocol::{ErrorCode, Identity, IdentityKey};
 
 /// What a handler returns: a JSON result or a typed error.
 pub type ToolResult = Result<serde_json::Value, ToolError>;
@@ -181,14 +183,72 @@ impl Registry {
     }
 }
 
+/// Everything a connection needs to know about the tools at one moment: the
+/// registry, the manifest signed by the server identity, and each tool's digest.
+/// Replaced as a whole when a tool changes, so a connection always sees one
+/// consistent version.
+pub(crate) struct Catalog {
+    pub(crate) registry: Registry,
+    pub(crate) manifest: SignedManifest,
+    pub(crate) digests: ToolDigests,
+}
+
+impl Catalog {
+    /// Compiles the schemas of `tools` and signs their manifest with `identity`.
+    pub(crate) fn new(tools: Vec<Tool>, identity: &Identity) -> Result<Self, SchemaError> {
+        let registry = Registry::new(tools)?;
+        let manifest = Manifest {
+            server: identity.public_key().to_bytes().to_vec().into(),
+            tools: registry.descriptors(),
+        }
+        .sign(identity);
+        let mut digests = ToolDigests::new();
+        for (name, entry) in &registry.tools {
+            digests.insert(name.clone(), entry.digest);
+        }
+        Ok(Self {
+            registry,
+            manifest,
+            digests,
+        })
+    }
+
+    /// The registered tools, for building the next catalog.
+    pub(crate) fn tools(&self) -> Vec<Tool> {
+        self.registry
+            .tools
+            .values()
+            .map(|entry| entry.tool.clone())
+            .collect()
+    }
+}
+
 impl RegisteredTool {
-    /// Validates arguments; the error text names the first violation (no values).
+    /// Validates arguments; the error text names the first violation and where it
+    /// is, with the offending value masked (it may be a secret, and the reason
+    /// travels to the peer and into the decision record).
     pub(crate) fn validate(&self, args: &serde_json::Value) -> Result<(), String> {
         match self.validator.iter_errors(args).next() {
             None => Ok(()),
             Some(error) => Err(format!(
-                "arguments do not match the tool's input schema: {error}"
+                "arguments do not match the tool's input schema at `{}`: {}",
+                error.instance_path().as_str(),
+                error.masked()
             )),
         }
     }
+}
+
+/// Decodes a call's argument bytes: exactly one msgpack value and nothing after it,
+/// so that the handler sees exactly the bytes the envelope signature covers (a
+/// trailing suffix would be signed and logged but never validated or seen).
+pub(crate) fn decode_args(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    use serde::Deserialize as _;
+    let mut deserializer = rmp_serde::Deserializer::new(bytes);
+    let value = serde_json::Value::deserialize(&mut deserializer)
+        .map_err(|_| "arguments are not valid msgpack".to_owned())?;
+    if !deserializer.get_ref().is_empty() {
+        return Err("arguments have bytes after the msgpack value".to_owned());
+    }
+    Ok(value)
 }
