@@ -13,72 +13,79 @@
 //!
 //! # Rules (normative)
 //!
-//! 1. **AMO-001 Lineage.** Calls belong to a lineage, identified by the pair
-//!    ([`LineageKey`]) of the client's authenticated identity key and a 16-byte
+//! 1. **Lineage (AMO-001, AMO-002).** Calls belong to a lineage, identified by the
+//!    pair ([`LineageKey`]) of the client's authenticated identity key and a 16-byte
 //!    lineage id. The same lineage id under another client key is another lineage,
 //!    so one client can neither read nor block another's calls. A session that does
 //!    not resume a lineage starts a *fresh* one whose id is the first 16 bytes of its
 //!    session id ([`session_lineage`]); since the session id is new, the server
 //!    knows that no call of a fresh lineage reached it before.
-//! 2. **AMO-002 Resume.** A client continues a lineage on a new connection by naming
-//!    it in the handshake (`ClientHello.resume`). When a session is established, the
-//!    server attaches it to its lineage ([`AtMostOnceStore::attach`]). A resumed lineage the server holds
-//!    keeps its state. One it does not hold (never seen, dropped under AMO-008, or
-//!    lost in a restart without a durable store) is created *recovered*: the server
-//!    does not know which of its ids it already received.
-//! 3. **AMO-003 Request ids.** Request ids are unique within a lineage and below
-//!    2^62 ([`SEQUENCE_LIMIT`]). An id at or above 2^62 is refused with
-//!    INVALID_ARGUMENT ([`Admission::IdOutOfRange`]) and not recorded. A client sets
-//!    `REQUEST.retry` to true exactly when it re-sends an id it sent (or may have
-//!    sent: it was handed to the transport) on an earlier connection, and never
-//!    re-sends an id with `retry` false.
-//! 4. **AMO-004 Admission.** [`AtMostOnceStore::admit`] answers a request id on a
-//!    lineage with the first rule that applies:
-//!    1. the id is executing → [`Admission::InFlight`]: it is not executed again,
-//!       and this request is answered once the running call completes;
-//!    2. the id's outcome is cached → [`Admission::Duplicate`]: it is answered again
-//!       with the same result bytes, or the same error code and message, as the
-//!       first time (a RESPONSE is re-signed for the current session);
+//! 2. **Resume (AMO-003, AMO-004, AMO-005).** A client continues a lineage on a new
+//!    connection by naming it in the handshake (`ClientHello.resume`). When a
+//!    session is established, the server attaches it to its lineage
+//!    ([`AtMostOnceStore::attach`]). A resumed lineage the server holds keeps its
+//!    state. One it does not hold (never seen, dropped under rule 8, or lost in a
+//!    restart without a durable store) is created *recovered*: the server does not
+//!    know which of its ids it already received.
+//! 3. **Request ids (AMO-006, AMO-007, AMO-008, AMO-009).** Request ids are unique
+//!    within a lineage and below 2^62 ([`SEQUENCE_LIMIT`]). An id at or above 2^62 is
+//!    refused with INVALID_ARGUMENT ([`Admission::IdOutOfRange`]) and not recorded.
+//!    A client sets `REQUEST.retry` to true exactly when it re-sends an id it sent
+//!    (or may have sent: it was handed to the transport) on an earlier connection,
+//!    and never re-sends an id with `retry` false.
+//! 4. **Admission (AMO-017).** [`AtMostOnceStore::admit`] answers a request id on a
+//!    lineage with the first rule that applies, after the id range (rule 3) and the
+//!    room for the lineage (rule 8, AMO-034):
+//!    1. the id is executing → [`Admission::InFlight`] (AMO-010, AMO-011): it is not
+//!       executed again, and this request is answered once the running call
+//!       completes;
+//!    2. the id's outcome is cached → [`Admission::Duplicate`] (AMO-012): it is
+//!       answered again with the same result bytes, or the same error code and
+//!       message, as the first time (a RESPONSE is re-signed for the current
+//!       session, ENV-005);
 //!    3. the id is older than the lineage's window (`top - id >=`
 //!       [`RequestIdWindow::WINDOW`], `top` being the highest id recorded) →
-//!       [`Admission::Stale`], answered STALE_REQUEST_ID: it may have run and will not
-//!       run;
-//!    4. the id is inside the window and recorded → [`Admission::Unavailable`],
-//!       answered RESULT_UNAVAILABLE: it ran (or was abandoned) and its outcome is no
-//!       longer held;
+//!       [`Admission::Stale`] (AMO-013), answered STALE_REQUEST_ID: it may have run
+//!       and will not run;
+//!    4. the id is inside the window and recorded → [`Admission::Unavailable`]
+//!       (AMO-014), answered RESULT_UNAVAILABLE: it ran (or was abandoned) and its
+//!       outcome is no longer held;
 //!    5. the id is not recorded, the lineage is recovered and `retry` is true →
-//!       [`Admission::Unavailable`]: the call may have reached the server before it
-//!       lost the lineage. The id is recorded, so every later copy gets the same
-//!       answer;
-//!    6. otherwise → [`Admission::Execute`]: the id is recorded and marked in
-//!       flight. On a fresh lineage, and on a recovered one for an id first sent
+//!       [`Admission::Unavailable`] (AMO-015): the call may have reached the server
+//!       before it lost the lineage. The id is recorded, so every later copy gets
+//!       the same answer;
+//!    6. otherwise → [`Admission::Execute`] (AMO-016): the id is recorded and marked
+//!       in flight. On a fresh lineage, and on a recovered one for an id first sent
 //!       after the loss, an unrecorded id provably never ran, whatever `retry` says.
-//! 5. **AMO-005 Never twice.** While the server holds a lineage, it admits each id
+//! 5. **Never twice (AMO-020).** While the server holds a lineage, it admits each id
 //!    for execution at most once. Across a loss of the lineage's state, the guarantee
-//!    rests on the client following AMO-003: every id first sent before the loss
-//!    comes back with `retry` true and is answered by AMO-004 rule 5.
-//! 6. **AMO-006 One outcome.** Every executed id ends with exactly one outcome,
-//!    reported by [`AtMostOnceStore::complete`]; the first completion wins, and a
-//!    later one returns false and must not be sent. A call cancelled by CANCEL is
-//!    completed at once with CANCELLED ([`AtMostOnceStore::cancel`]) and answered
-//!    with it; its late result is dropped, and a retry gets CANCELLED from the cache.
+//!    rests on the client following rule 3 (AMO-008, AMO-009): every id first sent
+//!    before the loss comes back with `retry` true and is answered by rule 4.5.
+//! 6. **One outcome (AMO-021, AMO-022, AMO-023, AMO-024, AMO-025, AMO-026).** Every
+//!    executed id ends with exactly one outcome, reported by
+//!    [`AtMostOnceStore::complete`]; the first completion wins, and a later one
+//!    returns false and must not be sent. A call cancelled by CANCEL is completed at
+//!    once with CANCELLED ([`AtMostOnceStore::cancel`]) and answered with it; its
+//!    late result is dropped, and a retry gets CANCELLED from the cache. A CANCEL of
+//!    an id not in flight changes nothing and is not answered.
 //!    [`AtMostOnceStore::abandon`] ends an id whose outcome is unknown (the handler
 //!    crashed mid-way): nothing is cached and retries get RESULT_UNAVAILABLE.
-//! 7. **AMO-007 Result cache.** An outcome is cached only when its size
-//!    ([`CachedOutcome::size`]) is at most [`AmoConfig::max_result_bytes`]. Each
-//!    lineage keeps the [`AmoConfig::results_per_lineage`] most recently completed
-//!    outcomes. When the cached bytes of the whole table exceed
-//!    [`AmoConfig::max_total_result_bytes`], the oldest outcomes of the least recently
-//!    used lineages are dropped first. A dropped outcome's id is answered by AMO-004
-//!    rule 3 or 4.
-//! 8. **AMO-008 Lineage bounds.** The table holds at most [`AmoConfig::max_lineages`]
-//!    lineages, and at most [`AmoConfig::max_lineages_per_client`] per client key. To
-//!    make room it drops the least recently used lineage with no call in flight (the
-//!    same client's, when that client is over its quota). A lineage with a call in
-//!    flight is never dropped; when nothing can be dropped, the request is refused
-//!    with UNAVAILABLE ([`Admission::Overloaded`]) and nothing is recorded. A dropped
-//!    lineage is unknown again (AMO-002).
-//! 9. **AMO-009 Refusals do not consume ids.** A request refused by an earlier
+//! 7. **Result cache (AMO-028, AMO-029, AMO-030).** An outcome is cached only when
+//!    its size ([`CachedOutcome::size`]) is at most [`AmoConfig::max_result_bytes`].
+//!    Each lineage keeps the [`AmoConfig::results_per_lineage`] most recently
+//!    completed outcomes. When the cached bytes of the whole table exceed
+//!    [`AmoConfig::max_total_result_bytes`], the oldest outcomes of the least
+//!    recently used lineages are dropped first. A dropped outcome's id is answered by
+//!    rule 4.3 or 4.4.
+//! 8. **Lineage bounds (AMO-031, AMO-032, AMO-033, AMO-034).** The table holds at
+//!    most [`AmoConfig::max_lineages`] lineages, and at most
+//!    [`AmoConfig::max_lineages_per_client`] per client key. To make room it drops
+//!    the least recently used lineage with no call in flight (the same client's, when
+//!    that client is over its quota). A lineage with a call in flight is never
+//!    dropped; when nothing can be dropped, the request is refused with UNAVAILABLE
+//!    ([`Admission::Overloaded`]) and nothing is recorded. A dropped lineage is
+//!    unknown again (rule 2).
+//! 9. **Refusals do not consume ids (AMO-018).** A request refused by an earlier
 //!    authorization step ([`crate::authz`]) never reaches the table, so its id is not
 //!    recorded and the client may send it again (with `retry` false if it never
 //!    reached the server on an earlier connection).
@@ -140,7 +147,7 @@ impl LineageKey {
     }
 }
 
-/// How a session came to a lineage (AMO-001, AMO-002).
+/// How a session came to a lineage (AMO-002, AMO-003).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LineageOrigin {
@@ -152,10 +159,10 @@ pub enum LineageOrigin {
     Resumed,
 }
 
-/// The lineage of a session (AMO-001): the one the client resumed, or else the fresh
-/// lineage whose id is the first 16 bytes of the session id. Both sides compute the
-/// same value: a client that did not resume learns its new lineage id from its own
-/// session id, and presents it to resume later.
+/// The lineage of a session (AMO-002, AMO-003): the one the client resumed, or else
+/// the fresh lineage whose id is the first 16 bytes of the session id. Both sides
+/// compute the same value: a client that did not resume learns its new lineage id
+/// from its own session id, and presents it to resume later.
 pub fn session_lineage(session: &SessionInfo) -> (LineageId, LineageOrigin) {
     match session.lineage {
         Some(lineage) => (lineage, LineageOrigin::Resumed),
@@ -187,7 +194,7 @@ pub enum CachedOutcome {
 }
 
 impl CachedOutcome {
-    /// The outcome of a call cancelled by the client's CANCEL (AMO-006).
+    /// The outcome of a call cancelled by the client's CANCEL (AMO-023).
     pub fn cancelled() -> Self {
         Self::Error {
             code: ErrorCode::CANCELLED,
@@ -195,8 +202,8 @@ impl CachedOutcome {
         }
     }
 
-    /// Bytes the outcome occupies in the cache, for the limits of AMO-007: the result
-    /// length, or the message length for an error.
+    /// Bytes the outcome occupies in the cache, for the limits of AMO-028 and
+    /// AMO-030: the result length, or the message length for an error.
     pub fn size(&self) -> usize {
         match self {
             Self::Response(result) => result.len(),
@@ -219,7 +226,7 @@ impl CachedOutcome {
     }
 }
 
-/// What to do with a request id (AMO-004).
+/// What to do with a request id (AMO-017).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Admission {
@@ -260,27 +267,28 @@ impl Admission {
 
 /// Storage of the at-most-once state, so that a durable (or shared) store can
 /// replace the in-memory [`AtMostOnceTable`]. An implementation must follow
-/// AMO-001..AMO-008 exactly; a store that cannot reach its backend answers
+/// section 14 of the spec exactly; a store that cannot reach its backend answers
 /// [`Admission::Overloaded`] rather than guessing.
 pub trait AtMostOnceStore {
     /// Attaches a session to its lineage when the session is established
-    /// (AMO-002): creates the lineage if unknown, fresh or recovered according to
-    /// `origin`. Best effort: when the table has no room, the lineage is created
-    /// (recovered) by the first [`admit`](Self::admit) instead.
+    /// (AMO-004, AMO-005): creates the lineage if unknown, fresh or recovered
+    /// according to `origin`. Best effort: when the table has no room, the lineage is
+    /// created (recovered) by the first [`admit`](Self::admit) instead.
     fn attach(&mut self, key: &LineageKey, origin: LineageOrigin);
 
     /// Decides whether request `request_id` of lineage `key` may execute
-    /// (AMO-004). `retry` is the REQUEST's `retry` flag. An [`Admission::Execute`]
+    /// (AMO-017). `retry` is the REQUEST's `retry` flag. An [`Admission::Execute`]
     /// marks the id in flight.
     fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission;
 
     /// Records the outcome of an id that [`admit`](Self::admit) let execute, and
-    /// caches it within the limits (AMO-007). Returns true when this is the call's
-    /// answer, to be sent; false when the id is not in flight (already completed,
-    /// cancelled or abandoned, or never admitted), in which case nothing is sent.
+    /// caches it within the limits (AMO-028, AMO-029, AMO-030). Returns true when this
+    /// is the call's answer, to be sent; false when the id is not in flight (already
+    /// completed, cancelled or abandoned, or never admitted), in which case nothing is
+    /// sent (AMO-021, AMO-022).
     fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool;
 
-    /// Ends an in-flight id whose outcome is unknown (AMO-006): nothing is cached,
+    /// Ends an in-flight id whose outcome is unknown (AMO-026): nothing is cached,
     /// and later copies of the id are answered RESULT_UNAVAILABLE or STALE_REQUEST_ID.
     fn abandon(&mut self, key: &LineageKey, request_id: u64);
 
@@ -338,7 +346,7 @@ struct LineageState {
     /// Every id recorded (executed, or answered as possibly executed), within the
     /// window.
     window: RequestIdWindow,
-    /// Created without knowledge of the lineage's past (AMO-002).
+    /// Created without knowledge of the lineage's past (AMO-005).
     recovered: bool,
     /// Ids executing now.
     in_flight: BTreeSet<u64>,
@@ -366,11 +374,11 @@ impl LineageState {
     }
 }
 
-/// The bounded in-memory at-most-once table (AMO-001..AMO-008). Deterministic: no
+/// The bounded in-memory at-most-once table (spec section 14). Deterministic: no
 /// clock, no randomness; recency is the order of calls.
 ///
 /// A server that restarts loses it; the lineages its clients resume are then
-/// recovered (AMO-002) and retried ids answer RESULT_UNAVAILABLE instead of running
+/// recovered (AMO-005) and retried ids answer RESULT_UNAVAILABLE instead of running
 /// twice.
 #[derive(Debug)]
 pub struct AtMostOnceTable {
@@ -460,7 +468,7 @@ impl AtMostOnceTable {
     }
 
     /// The least recently used lineage with no call in flight, among those of
-    /// `client` if given (AMO-008).
+    /// `client` if given (AMO-032).
     fn idle_victim(&self, client: Option<&IdentityKey>) -> Option<LineageKey> {
         self.recency.values().copied().find(|key| {
             client.is_none_or(|client| key.client == *client)
@@ -509,7 +517,7 @@ impl AtMostOnceTable {
     }
 
     /// Drops the oldest outcomes of the least recently used lineages until the table
-    /// is within [`AmoConfig::max_total_result_bytes`] (AMO-007).
+    /// is within [`AmoConfig::max_total_result_bytes`] (AMO-030).
     fn enforce_total_bytes(&mut self) {
         let limit = self.config.max_total_result_bytes;
         for key in self.recency.values() {

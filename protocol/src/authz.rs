@@ -14,39 +14,41 @@
 //!
 //! # Rules (normative)
 //!
-//! 1. **AUTHZ-001 Every call.** A server evaluates every REQUEST before running its
-//!    tool, and keeps nothing from one evaluation to the next: a revocation, an
+//! 1. **Every call (AUTHZ-001).** A server evaluates every REQUEST before running
+//!    its tool, and keeps nothing from one evaluation to the next: a revocation, an
 //!    expiry, a policy change or a manifest change takes effect on the very next
 //!    request.
-//! 2. **AUTHZ-002 Order.** The steps below run in this order. The first step that
+//! 2. **Order (AUTHZ-002).** The steps below run in this order. The first step that
 //!    refuses ends the evaluation and the request is answered with an ERROR carrying
-//!    that step's code; later steps are not evaluated. ([`Step`] numbers them.)
-//!    1. **Budget.** If the connection already has [`AuthzLimits::max_in_flight`]
-//!       calls executing → RESOURCE_EXHAUSTED with `retry_after_ms` =
-//!       [`AuthzLimits::in_flight_retry_after`]. Then the rate budgets are charged
-//!       ([`RateBudgets::check`]: per connection, per identity, per (identity,
-//!       tool)); an exhausted budget → RESOURCE_EXHAUSTED with its `retry_after_ms`
-//!       (milliseconds, rounded up).
-//!    2. **Granted.** The tool must be in the session's granted set (from CAP_GRANT
-//!       and CAP_UPDATE), and the digest it was granted with must equal the digest of
-//!       the tool's entry in the current manifest ([`ToolDigests`]); otherwise →
-//!       PERMISSION_DENIED. A tool that does not exist gets the same answer as one
-//!       that is not granted, so callers learn nothing about tools they may not use.
-//!    3. **Grant.** The grant the call relies on (AUTHZ-003) must be unexpired
-//!       (AUTHZ-004; else GRANT_EXPIRED) and unrevoked (AUTHZ-005; else
+//!    the request id and that step's code; later steps are not evaluated. ([`Step`]
+//!    numbers them.)
+//!    1. **Budget (AUTHZ-003, AUTHZ-004, AUTHZ-006).** If the connection already has
+//!       [`AuthzLimits::max_in_flight`] calls executing → RESOURCE_EXHAUSTED with
+//!       `retry_after_ms` = [`AuthzLimits::in_flight_retry_after`]. Then the rate
+//!       budgets are charged ([`RateBudgets::check`]: per connection, per identity,
+//!       per (identity, tool)); an exhausted budget → RESOURCE_EXHAUSTED with its
+//!       `retry_after_ms` (milliseconds, rounded up).
+//!    2. **Granted (AUTHZ-008, AUTHZ-009).** The tool must be in the session's
+//!       granted set (from CAP_GRANT and CAP_UPDATE), and the digest it was granted
+//!       with must equal the digest of the tool's entry in the current manifest
+//!       ([`ToolDigests`]); otherwise → PERMISSION_DENIED. A tool that does not exist
+//!       gets the same answer as one that is not granted, so callers learn nothing
+//!       about tools they may not use.
+//!    3. **Grant (AUTHZ-010 to AUTHZ-015).** The grant the call relies on (rule 3)
+//!       must be unexpired (rule 4; else GRANT_EXPIRED) and unrevoked (rule 5; else
 //!       CAPABILITY_REVOKED), expiry checked first. A session authorized by key
 //!       allowlist, calling without naming a grant, skips this step. (The session's
 //!       own lifetime is enforced by the connection, which closes with
 //!       SESSION_EXPIRED.)
-//!    4. **Policy.** The [`Authorizer`] decides against the current policy snapshot,
-//!       whose version is [`RequestPipeline::policy_version`]; a denial →
-//!       PERMISSION_DENIED.
-//!    5. **Signature.** The envelope signature must verify (AUTHZ-006); otherwise →
-//!       UNAUTHENTICATED.
-//!    6. **Arguments.** The [`ArgumentValidator`] must accept the argument bytes for
-//!       the tool; otherwise → INVALID_ARGUMENT.
-//!    7. **At-most-once.** The at-most-once store admits the request id (AMO-004 in
-//!       [`crate::amo`]): a cached outcome is answered again
+//!    4. **Policy (AUTHZ-016, AUTHZ-017).** The [`Authorizer`] decides against the
+//!       current policy snapshot, whose version is
+//!       [`RequestPipeline::policy_version`]; a denial → PERMISSION_DENIED.
+//!    5. **Signature (AUTHZ-018, AUTHZ-019).** The envelope signature must verify
+//!       (rule 6); otherwise → UNAUTHENTICATED.
+//!    6. **Arguments (AUTHZ-020).** The [`ArgumentValidator`] must accept the
+//!       argument bytes for the tool; otherwise → INVALID_ARGUMENT.
+//!    7. **At-most-once (AMO-017).** The at-most-once store admits the request id
+//!       (rule 4 of [`crate::amo`]): a cached outcome is answered again
 //!       ([`Verdict::AnswerFromCache`]); an id in flight is not executed
 //!       ([`Verdict::AlreadyInFlight`]); STALE_REQUEST_ID, RESULT_UNAVAILABLE,
 //!       INVALID_ARGUMENT (id ≥ 2^62) or UNAVAILABLE (table full) refuse.
@@ -58,39 +60,42 @@
 //!    rate limited; signature verification and argument validation, the costly
 //!    steps, run only for calls that are authorized; and the request id is consumed
 //!    only by a request that passed everything else.
-//! 3. **AUTHZ-003 The grant a call relies on.** If the REQUEST names a grant
-//!    (`grant_id`), the session must hold a verified grant with that id that covers
-//!    the tool, else PERMISSION_DENIED; steps 3 and 4 use that grant. If it names
-//!    none and the session is authorized by key allowlist
+//! 3. **The grant a call relies on (AUTHZ-010, AUTHZ-011, AUTHZ-012).** If the
+//!    REQUEST names a grant (`grant_id`), the session must hold a verified grant with
+//!    that id that covers the tool, else PERMISSION_DENIED; steps 3 and 4 use that
+//!    grant. If it names none and the session is authorized by key allowlist
 //!    ([`SessionAuthz::key_allowed`]), no grant is used. Otherwise the session's
 //!    grants that cover the tool are tried in the order they were presented: the
 //!    first that is unexpired and unrevoked is used; if there is none →
 //!    PERMISSION_DENIED, and if every covering grant fails, the first one's failure
 //!    (GRANT_EXPIRED or CAPABILITY_REVOKED) is the answer.
-//! 4. **AUTHZ-004 Expiry.** A grant is expired at Unix time `now` when
+//! 4. **Expiry (AUTHZ-013).** A grant is expired at Unix time `now` when
 //!    `now - max_clock_skew_secs >= expires_at_unix` (its `exp` rounded down to the
 //!    second, so it may end up to a second early, never late). The skew is
 //!    [`AuthzLimits::max_clock_skew_secs`], the same tolerance the handshake used.
-//! 5. **AUTHZ-005 Revocation.** A grant is revoked when the [`RevocationList`] lists
-//!    its id or the id of any token of its delegation chain (revoking a grant
-//!    revokes every delegation below it). The list is consulted on every call.
-//! 6. **AUTHZ-006 Signature.** The signature covers the request as in
+//! 5. **Revocation (AUTHZ-014, AUTHZ-015).** A grant is revoked when the
+//!    [`RevocationList`] lists its id or the id of any token of its delegation chain
+//!    (revoking a grant revokes every delegation below it). The list is consulted on
+//!    every call, after the grant's expiry.
+//! 6. **Signature (AUTHZ-018, AUTHZ-019).** The signature covers the request as in
 //!    [`RequestFields`] (session id, request id, tool, argument bytes, grant id or
-//!    empty) under the client's identity key. A signature that is present is always
-//!    verified; a missing one is refused when the session requires signatures
-//!    ([`SessionAuthz::signatures_required`], the default).
-//! 7. **AUTHZ-007 What a refusal costs.** Rate budgets are charged at step 1 whatever
-//!    later steps decide. A refusal at steps 1 to 6 does not reach the at-most-once
-//!    store, so the request id is not consumed (AMO-009).
-//! 8. **AUTHZ-008 Decision record.** Every evaluation produces a [`DecisionRecord`]
-//!    (session id, client key, lineage, request id, tool, decision, refusing step,
-//!    policy version, the authority used), to be logged and kept in the audit log.
-//! 9. **AUTHZ-009 No secrets.** Refusal messages sent to the peer are fixed strings,
-//!    except INVALID_ARGUMENT, which appends the validator's reason truncated to
-//!    [`MAX_REASON_LEN`] bytes. The authorizer's reason goes only to the decision
-//!    record. Neither the messages nor the record contain argument bytes,
-//!    signatures or grant tokens (beyond what a validator's reason quotes, which is
-//!    why validators must not quote argument values).
+//!    empty) under the client's identity key (ENV-001, ENV-006). A signature that is
+//!    present is always verified; a missing one is refused when the session requires
+//!    signatures ([`SessionAuthz::signatures_required`], the default).
+//! 7. **What a refusal costs (AUTHZ-005, AMO-018).** Rate budgets are charged at
+//!    step 1 whatever later steps decide. A refusal at steps 1 to 6 does not reach
+//!    the at-most-once store, so the request id is not consumed.
+//! 8. **Decision record (AUTHZ-024, AUTHZ-025).** Every evaluation produces a
+//!    [`DecisionRecord`] (session id, client key, lineage, request id, retry flag,
+//!    tool, decision, refusing step, policy version, the authority used), to be
+//!    logged and kept in the audit log. It holds no argument bytes, signatures or
+//!    grant tokens.
+//! 9. **No secrets (AUTHZ-021, AUTHZ-022, AUTHZ-023).** Refusal messages sent to the
+//!    peer are fixed strings, except INVALID_ARGUMENT, which appends the validator's
+//!    reason truncated to [`MAX_REASON_LEN`] bytes. The authorizer's reason goes
+//!    only to the decision record. Neither the messages nor the record contain
+//!    argument bytes, signatures or grant tokens (beyond what a validator's reason
+//!    quotes, which is why validators must not quote argument values).
 
 use crate::amo::{Admission, AtMostOnceStore, CachedOutcome, LineageId, LineageKey};
 use crate::codes::ErrorCode;
@@ -105,7 +110,7 @@ use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// Longest validator reason, in bytes, appended to an INVALID_ARGUMENT message
-/// (AUTHZ-009); longer reasons are cut at a character boundary.
+/// (AUTHZ-020); longer reasons are cut at a character boundary.
 pub const MAX_REASON_LEN: usize = 256;
 
 /// How long to wait before retrying a call refused for an exhausted budget.
@@ -121,7 +126,7 @@ impl RetryAfter {
     }
 }
 
-/// Rate budgets of step 1 (AUTHZ-002). The protocol crate does not implement token
+/// Rate budgets of step 1 (AUTHZ-004). The protocol crate does not implement token
 /// buckets; the server plugs in its limiters (per connection, per identity, per
 /// (identity, tool)) behind this trait. Closures
 /// `FnMut(&IdentityKey, &str, Instant) -> Result<(), RetryAfter>` implement it.
@@ -148,7 +153,7 @@ where
     }
 }
 
-/// The revocation list of step 3 (AUTHZ-005): grant ids (`jti`) that must no longer
+/// The revocation list of step 3 (AUTHZ-014): grant ids (`jti`) that must no longer
 /// be honoured. `BTreeSet<String>` and `HashSet<String>` implement it.
 pub trait RevocationList {
     /// Whether the grant with id `grant_id` is revoked.
@@ -179,7 +184,7 @@ pub struct AuthorizationRequest<'a> {
     pub tool: &'a str,
     /// The argument bytes (msgpack), not yet validated.
     pub args: &'a [u8],
-    /// The grant the call relies on (AUTHZ-003), `None` for a call authorized by
+    /// The grant the call relies on (AUTHZ-010, AUTHZ-012), `None` for a call authorized by
     /// key allowlist.
     pub grant: Option<&'a Grant>,
     /// Version of the policy snapshot the decision is made against.
@@ -226,7 +231,7 @@ pub enum Decision {
     /// The policy allows the call.
     Allow,
     /// The policy denies the call. `reason` goes to the decision record for
-    /// operators, never to the peer (AUTHZ-009).
+    /// operators, never to the peer (AUTHZ-022).
     Deny {
         /// Why, for the logs.
         reason: String,
@@ -242,7 +247,7 @@ impl Decision {
     }
 }
 
-/// The policy of step 4 (AUTHZ-002): decides one call against the current policy
+/// The policy of step 4 (AUTHZ-016, AUTHZ-017): decides one call against the current policy
 /// snapshot. Implementations are pure: the same request against the same snapshot
 /// gets the same decision.
 pub trait Authorizer {
@@ -358,7 +363,7 @@ impl Authorizer for AllowlistAuthorizer {
     }
 }
 
-/// Argument validation of step 6 (AUTHZ-002). The protocol crate has no JSON Schema
+/// Argument validation of step 6 (AUTHZ-020). The protocol crate has no JSON Schema
 /// engine; the server validates the msgpack argument bytes against the tool's input
 /// schema behind this trait. Closures `Fn(&str, &[u8]) -> Result<(), String>`
 /// implement it.
@@ -433,7 +438,7 @@ pub struct SessionAuthz {
     /// authorization to the [`Authorizer`]. Calls that name no grant then skip
     /// step 3.
     pub key_allowed: bool,
-    /// Whether every REQUEST must carry a valid envelope signature (AUTHZ-006).
+    /// Whether every REQUEST must carry a valid envelope signature (AUTHZ-019).
     /// Default true; a deployment may switch signatures off for high-rate internal
     /// links.
     pub signatures_required: bool,
@@ -608,7 +613,7 @@ pub enum Verdict {
     Refuse {
         /// The RPC error code.
         code: ErrorCode,
-        /// The message for the peer (AUTHZ-009).
+        /// The message for the peer (AUTHZ-021).
         message: String,
         /// For RESOURCE_EXHAUSTED: when to retry, in milliseconds.
         retry_after_ms: Option<u64>,
@@ -665,7 +670,7 @@ pub enum DecisionKind {
     AlreadyInFlight,
 }
 
-/// What authorized a call (AUTHZ-003).
+/// What authorized a call (AUTHZ-010, AUTHZ-011, AUTHZ-012).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Authority {
@@ -675,7 +680,7 @@ pub enum Authority {
     Grant(String),
 }
 
-/// The audit record of one evaluation (AUTHZ-008). Holds no argument bytes,
+/// The audit record of one evaluation (AUTHZ-024, AUTHZ-025). Holds no argument bytes,
 /// signatures or tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -778,7 +783,7 @@ enum Passed {
 }
 
 impl RequestPipeline<'_> {
-    /// Evaluates one REQUEST (AUTHZ-001..AUTHZ-009).
+    /// Evaluates one REQUEST (AUTHZ-001, AUTHZ-002).
     ///
     /// `in_flight` is the number of calls of this connection executing now (not
     /// counting this one); `now` is the monotonic time for the rate budgets and
@@ -904,7 +909,7 @@ impl RequestPipeline<'_> {
         }
     }
 
-    /// Step 3 (AUTHZ-003..AUTHZ-005): the grant the call relies on, `None` for a
+    /// Step 3 (AUTHZ-010, AUTHZ-011, AUTHZ-012): the grant the call relies on, `None` for a
     /// call authorized by key allowlist.
     fn select_grant<'s>(
         &self,
@@ -958,7 +963,7 @@ impl RequestPipeline<'_> {
         }))
     }
 
-    /// AUTHZ-004 then AUTHZ-005 for one grant.
+    /// AUTHZ-013 then AUTHZ-014 for one grant (AUTHZ-015).
     fn grant_status(&self, grant: &Grant, unix_now: i64) -> Result<(), Refusal> {
         let skew = self.limits.max_clock_skew_secs.max(0);
         if unix_now.saturating_sub(skew) >= grant.expires_at_unix {
@@ -1012,7 +1017,7 @@ impl RequestPipeline<'_> {
         }
     }
 
-    /// Step 5 (AUTHZ-006).
+    /// Step 5 (AUTHZ-018, AUTHZ-019).
     fn check_signature(session: &SessionAuthz, request: &Request) -> Result<(), Refusal> {
         let fields = RequestFields {
             session_id: &session.session_id,

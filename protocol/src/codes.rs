@@ -6,8 +6,8 @@
 //! Every known code is defined once, in the tables below, which also generate the
 //! list of names used by the spec and the conformance suite.
 //!
-//! Implements the code tables of spec sections "Error codes" (ERR-001..ERR-003) and
-//! "Close codes" (CLS-007).
+//! Implements the code tables of spec sections "Error codes" (ERR-001, ERR-002,
+//! ERR-003) and "Close codes" (CLS-007).
 
 use std::fmt;
 

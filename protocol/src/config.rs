@@ -141,7 +141,7 @@ impl ClientConfig {
         self
     }
 
-    /// Resume this at-most-once lineage (AMO-002).
+    /// Resume this at-most-once lineage (AMO-003).
     pub fn with_lineage(mut self, lineage: [u8; 16]) -> Self {
         self.lineage = Some(lineage);
         self

@@ -470,6 +470,12 @@ impl Connection {
         self.events.push_back(Event::Closed { code, side, error });
     }
 
+    /// Closes as if `error` had been detected locally.
+    #[cfg(feature = "__testing")]
+    pub(crate) fn fail_for_testing(&mut self, error: Error) -> Error {
+        self.fail(error)
+    }
+
     #[cfg(feature = "__testing")]
     pub(crate) fn transport_mut(&mut self) -> Option<&mut Transport> {
         match &mut self.state {

@@ -60,23 +60,24 @@
 //! [`verify_grant`] applies these rules in this order; the first violated rule
 //! determines the error.
 //!
-//! 1. **Parse.** The presented token is the *leaf*. Decode it and follow
-//!    `parent` links towards the root. Every token must be a v4.public token of
-//!    at most 8192 bytes with an empty footer and claims matching the table
-//!    above: well-formed key texts (`iss` must also be a valid Ed25519 point),
-//!    timestamps, `sid`, a `jti` of 1..=128 characters and a non-empty `tools`
-//!    (otherwise `Malformed`). A chain may have at most
+//! 1. **Parse (GRT-006 to GRT-019).** The presented token is the *leaf*. Decode it
+//!    and follow `parent` links towards the root. Every token must be a v4.public
+//!    token of at most 8192 bytes with an empty footer and claims matching the
+//!    table above: well-formed key texts (`iss` must also be a valid Ed25519
+//!    point), timestamps, `sid`, a `jti` of 1..=128 characters and a non-empty
+//!    `tools` (otherwise `Malformed`). A chain may have at most
 //!    [`MAX_DELEGATION_DEPTH`] (3) links below the root, i.e. at most 4 tokens;
 //!    a 4th link is `ChainTooDeep`, detected before the token above it is even
 //!    decoded. No signature is checked in this step; nothing parsed here is
 //!    trusted until rules 2 and 3 pass.
-//! 2. **Root.** The root's `iss` must be one of the verifier's trusted issuers
-//!    (`UntrustedIssuer`), and the root's signature must verify under that key
-//!    with the grant implicit assertion (`BadSignature`).
-//! 3. **Links**, root to leaf. Each link's `iss` must equal its parent's `sub`
-//!    (`BrokenChain`) — only the holder of a grant may delegate it — and the
-//!    link's signature must verify under that key (`BadSignature`).
-//! 4. **Every token**, root to leaf:
+//! 2. **Root (GRT-020, GRT-022).** The root's `iss` must be one of the verifier's
+//!    trusted issuers (`UntrustedIssuer`), and the root's signature must verify
+//!    under that key with the grant implicit assertion (`BadSignature`).
+//! 3. **Links (GRT-021, GRT-022, GRT-023)**, root to leaf. Each link's `iss` must
+//!    equal its parent's `sub` (`BrokenChain`) — only the holder of a grant may
+//!    delegate it — and the link's signature must verify under that key
+//!    (`BadSignature`).
+//! 4. **Every token (GRT-024 to GRT-030)**, root to leaf:
 //!    1. `aud` equals the verifier's own identity (`WrongAudience`);
 //!    2. `exp` > now − skew (`Expired`);
 //!    3. `nbf`, if present, ≤ now + skew (`NotYetValid`);
@@ -86,13 +87,13 @@
 //!       `"*"`); every scope is among the parent's scopes; and if the parent
 //!       has a `sid`, the link has the same `sid` (a link may add a `sid` its
 //!       parent lacks, since that only narrows it).
-//! 5. **Presentation.** The leaf's `sub` equals the authenticated peer
-//!    identity (`WrongHolder`). If any token in the chain has a `sid`, it must
-//!    equal the current session id; a session-bound grant presented where the
-//!    verifier has no session id is rejected (`WrongSession`).
-//! 6. **Result.** The effective rights are the leaf's `tools`, `scope`, `exp`
-//!    and `sid` — by rule 4 already the narrowest in the chain — together with
-//!    the root issuer and the chain's `jti`s, root first.
+//! 5. **Presentation (GRT-031, GRT-032).** The leaf's `sub` equals the
+//!    authenticated peer identity (`WrongHolder`). If any token in the chain has a
+//!    `sid`, it must equal the current session id; a session-bound grant presented
+//!    where the verifier has no session id is rejected (`WrongSession`).
+//! 6. **Result (GRT-033).** The effective rights are the leaf's `tools`, `scope`,
+//!    `exp` and `sid` — by rule 4 already the narrowest in the chain — together
+//!    with the root issuer and the chain's `jti`s, root first.
 //!
 //! "skew" is [`VerifyContext::max_clock_skew_secs`]; a negative value counts
 //! as zero.

@@ -189,7 +189,7 @@ pub struct Request {
     /// transmission. Absent on the wire means false, and false is never written.
     ///
     /// The server uses it only to decide how to answer an id its at-most-once table
-    /// has no record of (see [`crate::amo`], AMO-003 and AMO-004): a retry on a
+    /// has no record of (see [`crate::amo`], AMO-008 and AMO-015): a retry on a
     /// lineage whose history the server lost is answered RESULT_UNAVAILABLE instead
     /// of executed.
     /// It grants nothing, so the envelope signature does not cover it; the AEAD

@@ -221,6 +221,12 @@ impl Sender {
     pub(crate) fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;
     }
+
+    /// Relabels the current epoch (the key is unchanged).
+    #[cfg(feature = "__testing")]
+    pub(crate) fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+    }
 }
 
 /// The receiving half of a direction.
@@ -307,6 +313,12 @@ impl Receiver {
         self.epoch = announced;
         self.key = noise::rekey(&self.key);
         Ok(())
+    }
+
+    /// Relabels the current epoch (the key is unchanged).
+    #[cfg(feature = "__testing")]
+    pub(crate) fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
     }
 }
 

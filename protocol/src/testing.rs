@@ -43,6 +43,22 @@ pub fn set_next_send_seq_for_testing_only(connection: &mut Connection, seq: u64)
     }
 }
 
+/// Makes `connection` fail as if it had detected `error` itself (for example an
+/// error that maps to no close code), and returns the error.
+pub fn fail_for_testing_only(connection: &mut Connection, error: crate::Error) -> crate::Error {
+    connection.fail_for_testing(error)
+}
+
+/// Relabels the current sending and receiving epochs of an established connection
+/// without changing its keys (to reach the last epoch without 2^32 rekeys). Give the
+/// peer the matching labels so that it still accepts the records. Does nothing
+/// before the handshake completes.
+pub fn set_epochs_for_testing_only(connection: &mut Connection, send: u32, receive: u32) {
+    if let Some(transport) = connection.transport_mut() {
+        transport.set_epochs(send, receive);
+    }
+}
+
 /// A copy of an established connection: same keys, counters, queued records and
 /// events. `None` before the handshake completes and after the close. Lets a test try
 /// many tampered records against one state without a handshake each. Two copies that

@@ -135,4 +135,10 @@ impl Transport {
     pub(crate) fn set_next_send_seq(&mut self, seq: u64) {
         self.sender.set_next_seq(seq);
     }
+
+    #[cfg(feature = "__testing")]
+    pub(crate) fn set_epochs(&mut self, send: u32, receive: u32) {
+        self.sender.set_epoch(send);
+        self.receiver.set_epoch(receive);
+    }
 }

@@ -1,4 +1,4 @@
-//! The at-most-once table (AMO-001..AMO-009): which request ids execute, which are
+//! The at-most-once table (spec section 14): which request ids execute, which are
 //! answered from the cache, and which are refused, across retries, reconnects,
 //! evictions and server restarts.
 
@@ -51,6 +51,8 @@ fn run(table: &mut AtMostOnceTable, key: &LineageKey, id: u64, outcome: CachedOu
     assert!(table.complete(key, id, outcome), "id {id}");
 }
 
+/// Clauses: AMO-016, AMO-010, AMO-012 — an id executes once, is in flight meanwhile,
+/// then is answered from the cache.
 #[test]
 fn an_id_executes_once_then_is_in_flight_then_answered_from_the_cache() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -69,6 +71,7 @@ fn an_id_executes_once_then_is_in_flight_then_answered_from_the_cache() {
     }
 }
 
+/// Clauses: AMO-012 — a cached error is answered with the same code and message.
 #[test]
 fn error_outcomes_are_cached_like_results() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -90,6 +93,7 @@ fn error_outcomes_are_cached_like_results() {
     assert_eq!(result(b"x").error_message(1), None);
 }
 
+/// Clauses: AMO-016 — unrecorded ids execute in any order.
 #[test]
 fn distinct_ids_execute_independently_in_any_order() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -107,6 +111,7 @@ fn distinct_ids_execute_independently_in_any_order() {
     }
 }
 
+/// Clauses: AMO-021, AMO-022 — the first completion counts; later ones are not sent.
 #[test]
 fn the_first_completion_wins_and_later_ones_are_not_sent() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -123,6 +128,8 @@ fn the_first_completion_wins_and_later_ones_are_not_sent() {
     assert!(!table.complete(&lineage(9, 9), 2, result(b"ghost")));
 }
 
+/// Clauses: AMO-022, AMO-024, AMO-025 — a cancelled call keeps CANCELLED, its late
+/// result is dropped, and a CANCEL of an id not in flight does nothing.
 #[test]
 fn a_cancelled_call_is_answered_cancelled_once_and_never_with_its_late_result() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -145,6 +152,8 @@ fn a_cancelled_call_is_answered_cancelled_once_and_never_with_its_late_result() 
     assert_eq!(table.admit(&key, 99, false), Admission::Execute);
 }
 
+/// Clauses: AMO-026, AMO-014 — an abandoned id caches nothing and answers
+/// RESULT_UNAVAILABLE.
 #[test]
 fn an_abandoned_call_is_never_run_again_and_answers_result_unavailable() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -158,6 +167,8 @@ fn an_abandoned_call_is_never_run_again_and_answers_result_unavailable() {
     }
 }
 
+/// Clauses: AMO-029, AMO-014 — past the per-lineage count the oldest outcomes go; their
+/// ids answer RESULT_UNAVAILABLE.
 #[test]
 fn evicted_results_answer_result_unavailable_and_recent_ones_stay() {
     let config = config(|c| {
@@ -184,6 +195,7 @@ fn evicted_results_answer_result_unavailable_and_recent_ones_stay() {
     }
 }
 
+/// Clauses: AMO-029 — the oldest completed outcome is dropped first.
 #[test]
 fn eviction_follows_completion_order_not_id_order() {
     let config = config(|c| {
@@ -207,6 +219,8 @@ fn eviction_follows_completion_order_not_id_order() {
     );
 }
 
+/// Clauses: AMO-013, AMO-014 — older than the window is STALE_REQUEST_ID; recorded
+/// inside it is RESULT_UNAVAILABLE.
 #[test]
 fn ids_older_than_the_window_are_stale_and_inside_it_unavailable() {
     let config = config(|c| {
@@ -234,6 +248,7 @@ fn ids_older_than_the_window_are_stale_and_inside_it_unavailable() {
     );
 }
 
+/// Clauses: AMO-012, AMO-017 — the cache is consulted before the window.
 #[test]
 fn a_result_still_cached_is_answered_even_below_the_window() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -245,6 +260,7 @@ fn a_result_still_cached_is_answered_even_below_the_window() {
     );
 }
 
+/// Clauses: AMO-010, AMO-017 — in flight is decided before the window.
 #[test]
 fn an_in_flight_call_stays_in_flight_when_the_window_moves_past_it() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -258,6 +274,7 @@ fn an_in_flight_call_stays_in_flight_when_the_window_moves_past_it() {
     );
 }
 
+/// Clauses: AMO-007 — ids at or above 2^62 are INVALID_ARGUMENT and not recorded.
 #[test]
 fn ids_at_or_above_2_pow_62_are_refused_without_being_recorded() {
     let (mut table, key) = fresh(AmoConfig::default());
@@ -274,6 +291,7 @@ fn ids_at_or_above_2_pow_62_are_refused_without_being_recorded() {
     );
 }
 
+/// Clauses: AMO-028 — an outcome over the maximum is not cached.
 #[test]
 fn results_too_large_to_cache_are_sent_once_and_then_unavailable() {
     let config = config(|c| {
@@ -290,6 +308,8 @@ fn results_too_large_to_cache_are_sent_once_and_then_unavailable() {
     assert_eq!(table.cached_bytes(), 4);
 }
 
+/// Clauses: AMO-030 — the total cached bytes stay within the budget, least recently
+/// used lineages losing outcomes first.
 #[test]
 fn the_total_byte_budget_drops_results_of_the_least_recently_used_lineage_first() {
     let config = config(|c| {
@@ -320,6 +340,7 @@ fn the_total_byte_budget_drops_results_of_the_least_recently_used_lineage_first(
     );
 }
 
+/// Clauses: AMO-001 — a lineage is keyed by client key and lineage id.
 #[test]
 fn lineages_are_per_client_so_a_client_cannot_see_or_block_another() {
     let mut table = AtMostOnceTable::default();
@@ -337,6 +358,8 @@ fn lineages_are_per_client_so_a_client_cannot_see_or_block_another() {
     );
 }
 
+/// Clauses: AMO-016, AMO-004 — an unrecorded id of a fresh lineage executes whatever
+/// retry says; resuming a held lineage keeps its state.
 #[test]
 fn a_retry_on_a_fresh_lineage_of_an_id_never_received_executes() {
     // The request was lost with the first connection before reaching the server; the
@@ -353,6 +376,8 @@ fn a_retry_on_a_fresh_lineage_of_an_id_never_received_executes() {
     );
 }
 
+/// Clauses: AMO-005, AMO-015, AMO-016 — a resumed lineage the server lost is recovered:
+/// retries are RESULT_UNAVAILABLE (and recorded), new ids execute.
 #[test]
 fn after_a_restart_retries_are_unavailable_and_new_calls_execute() {
     let key = lineage(1, 1);
@@ -381,6 +406,8 @@ fn after_a_restart_retries_are_unavailable_and_new_calls_execute() {
     );
 }
 
+/// Clauses: AMO-005, AMO-015, AMO-004 — a recovered lineage stays recovered when
+/// resumed again.
 #[test]
 fn a_call_that_ran_before_a_restart_is_not_run_again_after_later_calls() {
     // Without the recovered state, id 5 would look like a gap below id 6 and run
@@ -403,6 +430,7 @@ fn a_call_that_ran_before_a_restart_is_not_run_again_after_later_calls() {
     );
 }
 
+/// Clauses: AMO-005 — an unknown lineage is recovered.
 #[test]
 fn a_lineage_never_attached_is_treated_as_recovered() {
     let key = lineage(1, 1);
@@ -411,6 +439,8 @@ fn a_lineage_never_attached_is_treated_as_recovered() {
     assert_eq!(table.admit(&key, 2, false), Admission::Execute);
 }
 
+/// Clauses: AMO-031, AMO-032 — past the maximum the least recently used idle lineage is
+/// dropped.
 #[test]
 fn least_recently_used_lineages_are_dropped_and_then_behave_as_unknown() {
     let config = config(|c| {
@@ -432,6 +462,7 @@ fn least_recently_used_lineages_are_dropped_and_then_behave_as_unknown() {
     assert_eq!(table.admit(&b, 2, true), Admission::Unavailable);
 }
 
+/// Clauses: AMO-032, AMO-033 — a lineage with a call in flight is never dropped.
 #[test]
 fn a_lineage_with_a_call_in_flight_is_never_dropped() {
     let config = config(|c| {
@@ -449,6 +480,7 @@ fn a_lineage_with_a_call_in_flight_is_never_dropped() {
     assert_eq!(table.admit(&a, 1, true), Admission::InFlight);
 }
 
+/// Clauses: AMO-034 — no room: UNAVAILABLE, nothing recorded.
 #[test]
 fn when_every_lineage_is_busy_new_lineages_are_refused_unavailable() {
     let config = config(|c| {
@@ -472,6 +504,7 @@ fn when_every_lineage_is_busy_new_lineages_are_refused_unavailable() {
     assert_eq!(table.admit(&c, 2, true), Admission::Unavailable);
 }
 
+/// Clauses: AMO-031, AMO-032 — the per-client quota drops the same client's lineages.
 #[test]
 fn one_client_cannot_push_other_clients_lineages_out() {
     let config = config(|c| {
@@ -512,6 +545,7 @@ fn the_defaults_are_the_documented_ones() {
     assert_eq!(WINDOW, 4032);
 }
 
+/// Clauses: AMO-007, AMO-013, AMO-014, AMO-034 — each refusing admission has its code.
 #[test]
 fn every_admission_maps_to_its_error_code() {
     let cases = [
@@ -571,6 +605,8 @@ fn handshake(
     )
 }
 
+/// Clauses: AMO-001, AMO-002, AMO-003 — a session without resume starts the lineage
+/// named by the first 16 bytes of its session id, on both sides, keyed by the client.
 #[test]
 fn a_session_without_resume_starts_a_fresh_lineage_both_sides_agree_on() {
     let (client, server) = handshake(None);
@@ -584,6 +620,7 @@ fn a_session_without_resume_starts_a_fresh_lineage_both_sides_agree_on() {
     assert_eq!(server.peer, Identity::from_seed(&[0x43; 32]).public_key());
 }
 
+/// Clauses: AMO-003 — a client continuing a lineage names it in ClientHello.resume.
 #[test]
 fn a_resumed_session_continues_the_named_lineage() {
     let named = [0xab; 16];
@@ -600,7 +637,8 @@ fn a_resumed_session_continues_the_named_lineage() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// The client (following AMO-003) sends `id` on lineage `lineage`.
+    /// The client (marking every re-send as a retry, as section 14.1 asks) sends
+    /// `id` on lineage `lineage`.
     Send { lineage: usize, id: u64 },
     /// The server finishes the n-th call in flight, with a result of `len` bytes.
     Complete { pick: usize, len: usize },
@@ -638,6 +676,8 @@ fn model_keys() -> [LineageKey; 4] {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// Clauses: AMO-020, AMO-021, AMO-012 — model check: no id of a held lineage ever
+    /// executes twice, every call gets one answer, duplicates repeat it.
     #[test]
     fn no_id_ever_executes_twice_and_duplicates_repeat_the_first_answer(
         ops in proptest::collection::vec(op(), 1..200)

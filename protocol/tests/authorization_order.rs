@@ -1,4 +1,4 @@
-//! Per-request authorization (AUTHZ-001..AUTHZ-009): every REQUEST passes the same
+//! Per-request authorization (spec section 13): every REQUEST passes the same
 //! checks in the same order, the first refusal decides the answer, and only a request
 //! that passes everything executes.
 
@@ -314,6 +314,7 @@ fn assert_refused(faults: &[Fault], code: ErrorCode, step: Step) {
     assert_eq!(evaluation.record.decision, DecisionKind::Refused(code));
 }
 
+/// Clauses: AUTHZ-002 — a request no step refuses executes, relying on its grant.
 #[test]
 fn a_request_that_passes_every_step_executes() {
     let evaluation = evaluate_with(&[]);
@@ -327,6 +328,9 @@ fn a_request_that_passes_every_step_executes() {
     assert_eq!(evaluation.verdict.error_message(1), None);
 }
 
+/// Clauses: AUTHZ-002, AUTHZ-003, AUTHZ-004, AUTHZ-008, AUTHZ-013, AUTHZ-014,
+/// AUTHZ-016, AUTHZ-018, AUTHZ-020, AMO-013 — each check refuses with its code at its
+/// step.
 #[test]
 fn each_check_refuses_with_its_code_at_its_step() {
     for fault in FAULTS {
@@ -335,6 +339,7 @@ fn each_check_refuses_with_its_code_at_its_step() {
     }
 }
 
+/// Clauses: AUTHZ-002 — for every combination of faults the first failing step decides.
 #[test]
 fn the_first_failing_step_decides_for_every_combination_of_faults() {
     for mask in 1u32..(1 << FAULTS.len()) {
@@ -351,6 +356,7 @@ fn the_first_failing_step_decides_for_every_combination_of_faults() {
 
 // The adjacent pairs, spelled out.
 
+/// Clauses: AUTHZ-002 — step 1 before step 2.
 #[test]
 fn budget_before_granted_a_rate_limited_ungranted_call_is_resource_exhausted() {
     assert_refused(
@@ -360,6 +366,7 @@ fn budget_before_granted_a_rate_limited_ungranted_call_is_resource_exhausted() {
     );
 }
 
+/// Clauses: AUTHZ-002 — step 2 before step 3.
 #[test]
 fn granted_before_grant_an_ungranted_call_on_an_expired_grant_is_permission_denied() {
     assert_refused(
@@ -369,6 +376,7 @@ fn granted_before_grant_an_ungranted_call_on_an_expired_grant_is_permission_deni
     );
 }
 
+/// Clauses: AUTHZ-002 — step 3 before step 4.
 #[test]
 fn grant_before_policy_a_revoked_grant_denied_by_policy_is_capability_revoked() {
     assert_refused(
@@ -378,6 +386,7 @@ fn grant_before_policy_a_revoked_grant_denied_by_policy_is_capability_revoked() 
     );
 }
 
+/// Clauses: AUTHZ-002 — step 4 before step 5.
 #[test]
 fn policy_before_signature_a_denied_call_with_a_bad_signature_is_permission_denied() {
     assert_refused(
@@ -387,6 +396,7 @@ fn policy_before_signature_a_denied_call_with_a_bad_signature_is_permission_deni
     );
 }
 
+/// Clauses: AUTHZ-002 — step 5 before step 6.
 #[test]
 fn signature_before_arguments_a_bad_signature_on_bad_arguments_is_unauthenticated() {
     assert_refused(
@@ -396,6 +406,7 @@ fn signature_before_arguments_a_bad_signature_on_bad_arguments_is_unauthenticate
     );
 }
 
+/// Clauses: AUTHZ-002 — step 6 before step 7.
 #[test]
 fn arguments_before_at_most_once_bad_arguments_on_a_stale_id_are_invalid_argument() {
     assert_refused(
@@ -405,6 +416,7 @@ fn arguments_before_at_most_once_bad_arguments_on_a_stale_id_are_invalid_argumen
     );
 }
 
+/// Clauses: AUTHZ-002 — step 2 before step 5.
 #[test]
 fn an_ungranted_call_with_a_bad_signature_is_permission_denied() {
     assert_refused(
@@ -414,6 +426,7 @@ fn an_ungranted_call_with_a_bad_signature_is_permission_denied() {
     );
 }
 
+/// Clauses: AUTHZ-002 — step 5 before step 6.
 #[test]
 fn a_granted_call_with_a_bad_signature_and_bad_arguments_is_unauthenticated() {
     assert_refused(
@@ -423,6 +436,7 @@ fn a_granted_call_with_a_bad_signature_and_bad_arguments_is_unauthenticated() {
     );
 }
 
+/// Clauses: AUTHZ-015 — expiry before revocation.
 #[test]
 fn expiry_is_checked_before_revocation() {
     assert_refused(
@@ -432,6 +446,8 @@ fn expiry_is_checked_before_revocation() {
     );
 }
 
+/// Clauses: AUTHZ-003, ERR-005 — the in-flight cap refuses with the 100 ms hint before
+/// any budget is charged.
 #[test]
 fn the_in_flight_cap_is_checked_before_and_without_charging_the_rate_budgets() {
     let mut world = World::new();
@@ -455,6 +471,8 @@ fn the_in_flight_cap_is_checked_before_and_without_charging_the_rate_budgets() {
     assert_eq!(world.evaluate(&good_request()).verdict, Verdict::Execute);
 }
 
+/// Clauses: AUTHZ-004, ERR-005, AUTHZ-002 — an exhausted budget refuses the request id
+/// with retry_after_ms rounded up.
 #[test]
 fn rate_refusals_carry_retry_after_rounded_up_to_milliseconds() {
     let mut world = World::new();
@@ -470,6 +488,8 @@ fn rate_refusals_carry_retry_after_rounded_up_to_milliseconds() {
     assert!(message.error_code().is_retryable());
 }
 
+/// Clauses: AUTHZ-005, AUTHZ-004 — calls refused later are still charged, per identity
+/// and tool.
 #[test]
 fn refused_calls_are_still_charged_to_the_rate_budgets() {
     let mut world = World::new();
@@ -484,6 +504,7 @@ fn refused_calls_are_still_charged_to_the_rate_budgets() {
     assert_eq!(world.budgets.charged[0], (client_key(), TOOL.to_owned()));
 }
 
+/// Clauses: AMO-018 — a refusal at steps 1 to 6 records nothing.
 #[test]
 fn refusals_before_the_at_most_once_step_do_not_consume_the_request_id() {
     for fault in &FAULTS[..FAULTS.len() - 1] {
@@ -502,6 +523,7 @@ fn refusals_before_the_at_most_once_step_do_not_consume_the_request_id() {
     }
 }
 
+/// Clauses: AUTHZ-001, AUTHZ-014 — a revocation refuses the very next call.
 #[test]
 fn revocation_takes_effect_on_the_very_next_call() {
     let mut world = World::new();
@@ -522,6 +544,7 @@ fn revocation_takes_effect_on_the_very_next_call() {
     );
 }
 
+/// Clauses: AUTHZ-014 — a revoked jti anywhere in the chain revokes the grant.
 #[test]
 fn revoking_a_parent_grant_revokes_its_delegations() {
     let mut world = World::new();
@@ -532,6 +555,8 @@ fn revoking_a_parent_grant_revokes_its_delegations() {
     );
 }
 
+/// Clauses: AUTHZ-008, AUTHZ-001 — a granted digest that is not the current one is
+/// refused on the next call.
 #[test]
 fn a_changed_manifest_digest_refuses_a_previously_granted_tool_until_granted_again() {
     let mut world = World::new();
@@ -562,6 +587,7 @@ fn a_changed_manifest_digest_refuses_a_previously_granted_tool_until_granted_aga
     );
 }
 
+/// Clauses: AUTHZ-009 — an unknown tool gets the same answer as an ungranted one.
 #[test]
 fn an_unknown_tool_is_answered_exactly_like_an_ungranted_one() {
     let mut world = World::new();
@@ -575,6 +601,7 @@ fn an_unknown_tool_is_answered_exactly_like_an_ungranted_one() {
     );
 }
 
+/// Clauses: AUTHZ-008 — a malformed granted digest never matches.
 #[test]
 fn a_granted_digest_of_the_wrong_length_never_matches() {
     let mut world = World::new();
@@ -589,6 +616,7 @@ fn a_granted_digest_of_the_wrong_length_never_matches() {
     );
 }
 
+/// Clauses: AUTHZ-013 — now - skew >= exp refuses GRANT_EXPIRED, at each call.
 #[test]
 fn grant_expiry_is_checked_at_each_call_with_the_clock_skew() {
     let expires = NOW_UNIX + 3600;
@@ -631,6 +659,7 @@ fn grant_expiry_is_checked_at_each_call_with_the_clock_skew() {
     );
 }
 
+/// Clauses: AUTHZ-003 — default in-flight cap 64 and retry hint 100 ms.
 #[test]
 fn the_default_limits_are_the_documented_ones() {
     let limits = AuthzLimits::default();
@@ -639,6 +668,7 @@ fn the_default_limits_are_the_documented_ones() {
     assert_eq!(limits.max_clock_skew_secs, 30);
 }
 
+/// Clauses: AUTHZ-010 — a named grant must be held and cover the tool.
 #[test]
 fn a_named_grant_must_be_held_and_cover_the_tool() {
     let mut world = World::new();
@@ -666,6 +696,8 @@ fn a_named_grant_must_be_held_and_cover_the_tool() {
     );
 }
 
+/// Clauses: AUTHZ-012 — covering grants are tried in order; none covering or all
+/// failing refuses.
 #[test]
 fn without_a_named_grant_the_first_valid_covering_grant_is_used() {
     let mut world = World::new();
@@ -701,6 +733,7 @@ fn without_a_named_grant_the_first_valid_covering_grant_is_used() {
     assert_eq!(none.record.refused_at, Some(Step::Grant));
 }
 
+/// Clauses: AUTHZ-011, AUTHZ-010 — a key-allowed call naming no grant relies on none.
 #[test]
 fn key_allowed_sessions_skip_grant_checks_unless_they_name_a_grant() {
     let mut world = World::new();
@@ -722,6 +755,9 @@ fn key_allowed_sessions_skip_grant_checks_unless_they_name_a_grant() {
     );
 }
 
+/// Clauses: AUTHZ-018, AUTHZ-019, ENV-001, ENV-006, AMO-018 — a signature that is
+/// missing or does not verify over every signed field under the client key is
+/// UNAUTHENTICATED.
 #[test]
 fn signatures_are_verified_over_the_whole_envelope() {
     let mut world = World::new();
@@ -773,6 +809,7 @@ fn signatures_are_verified_over_the_whole_envelope() {
     }
 }
 
+/// Clauses: AUTHZ-018, AUTHZ-019 — a present signature is always verified.
 #[test]
 fn with_signatures_off_a_missing_signature_passes_but_a_bad_one_does_not() {
     let mut world = World::new();
@@ -787,6 +824,8 @@ fn with_signatures_off_a_missing_signature_passes_but_a_bad_one_does_not() {
     assert_eq!(world.code(&tampered), Some(ErrorCode::UNAUTHENTICATED));
 }
 
+/// Clauses: AMO-010, AMO-012 — in-flight duplicates do not execute; completed ones are
+/// answered from the cache.
 #[test]
 fn duplicates_are_answered_from_the_cache_and_in_flight_calls_not_rerun() {
     let mut world = World::new();
@@ -816,6 +855,7 @@ fn duplicates_are_answered_from_the_cache_and_in_flight_calls_not_rerun() {
     assert_eq!(message.error_code(), ErrorCode::CANCELLED);
 }
 
+/// Clauses: AMO-015 — a retry on a recovered lineage is RESULT_UNAVAILABLE.
 #[test]
 fn a_retry_on_a_lineage_the_server_lost_is_result_unavailable() {
     let mut world = World::new();
@@ -837,6 +877,7 @@ fn a_retry_on_a_lineage_the_server_lost_is_result_unavailable() {
     );
 }
 
+/// Clauses: AUTHZ-024 — every evaluation produces a decision record with its fields.
 #[test]
 fn the_decision_record_names_who_called_what_under_which_policy() {
     let mut world = World::new();
@@ -870,6 +911,8 @@ fn the_decision_record_names_who_called_what_under_which_policy() {
     assert_eq!(world.evaluate(&good_request()).record.authority, None);
 }
 
+/// Clauses: AUTHZ-022, AUTHZ-025, ERR-007 — no refusal message or decision record holds
+/// arguments, signatures or chain tokens.
 #[test]
 fn refusal_messages_hold_no_secrets() {
     for mask in 1u32..(1 << FAULTS.len()) {
@@ -904,6 +947,8 @@ fn refusal_messages_hold_no_secrets() {
     }
 }
 
+/// Clauses: AUTHZ-020 — INVALID_ARGUMENT carries the reason cut to 256 bytes at a
+/// character boundary.
 #[test]
 fn the_validator_reason_is_shown_truncated() {
     struct Verbose;
@@ -972,6 +1017,7 @@ fn closures_plug_in_as_budgets_and_validators_and_sets_as_revocation_lists() {
     assert_eq!(calls, 1);
 }
 
+/// Clauses: AUTHZ-016 — the policy is asked with the current snapshot version.
 #[test]
 fn the_policy_version_reaches_the_authorizer() {
     struct MinimumVersion(u64);
@@ -1096,6 +1142,8 @@ fn grant_holders_can_be_judged_by_their_grant_alone() {
 
 // ---- End to end: a real handshake with a grant, then a real signed call. ----
 
+/// Clauses: ENV-006, AUTHZ-010 — a real signed call is verified under the key
+/// authenticated in the handshake and relies on the grant it names.
 #[test]
 fn a_call_over_a_real_session_authorized_by_a_presented_grant_executes() {
     let mut rng = ChaCha20Rng::seed_from_u64(42);

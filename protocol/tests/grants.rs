@@ -91,6 +91,8 @@ fn key_text_round_trip() {
     assert!(matches!(key_from_text(&bad), Err(GrantError::Malformed(_))));
 }
 
+/// Clauses: GRT-001, GRT-003, GRT-033 — an issued grant verifies to its effective
+/// rights; iss is the signer's key text.
 #[test]
 fn valid_grant() {
     let token = builder(CLIENT, "g-1")
@@ -134,6 +136,7 @@ fn wildcard_tool() {
     assert!(grant.allows_tool("anything"));
 }
 
+/// Clauses: GRT-025, GRT-026 — exp is exclusive and nbf inclusive, with the skew.
 #[test]
 fn expiry_and_not_before() {
     let token = builder(CLIENT, "g").sign(&key(ISSUER)).expect("sign");
@@ -165,6 +168,7 @@ fn expiry_and_not_before() {
     assert!(verify_grant(&later, &ctx).is_ok());
 }
 
+/// Clauses: GRT-025 — expiry is compared with sub-second precision.
 #[test]
 fn sub_second_timestamps_are_compared_precisely() {
     let exp = "2025-01-01T00:00:00.5Z";
@@ -182,6 +186,7 @@ fn sub_second_timestamps_are_compared_precisely() {
     assert_eq!(verify_grant(&token, &ctx), Err(GrantError::Expired));
 }
 
+/// Clauses: GRT-020, GRT-024, GRT-031 — wrong audience, wrong holder, untrusted issuer.
 #[test]
 fn wrong_audience_holder_issuer() {
     let token = root_for(CLIENT);
@@ -210,6 +215,7 @@ fn wrong_audience_holder_issuer() {
     );
 }
 
+/// Clauses: GRT-022 — a signature not by the named issuer is a bad signature.
 #[test]
 fn bad_signature() {
     let token = root_for(CLIENT);
@@ -235,6 +241,8 @@ fn bad_signature() {
     );
 }
 
+/// Clauses: GRT-002, GRT-011 — only the grant implicit assertion verifies; a footer is
+/// malformed.
 #[test]
 fn other_implicit_assertion_is_not_a_grant() {
     // A PASETO that a trusted key signed for another purpose, with perfectly
@@ -259,6 +267,7 @@ fn other_implicit_assertion_is_not_a_grant() {
     );
 }
 
+/// Clauses: GRT-032 — a sid must be the current session.
 #[test]
 fn session_binding() {
     let token = builder(CLIENT, "g")
@@ -314,6 +323,8 @@ fn chain(links: usize) -> Vec<String> {
     tokens
 }
 
+/// Clauses: GRT-031, GRT-033 — chains of 1 to 3 links verify to the leaf's rights, held
+/// by the leaf's holder only.
 #[test]
 fn delegation_depth_one_to_three() {
     let holders = [CLIENT, AGENT_A, AGENT_B, AGENT_C];
@@ -340,6 +351,7 @@ fn delegation_depth_one_to_three() {
     }
 }
 
+/// Clauses: GRT-019 — four links are too deep.
 #[test]
 fn delegation_depth_four_is_too_deep() {
     let tokens = chain(MAX_DELEGATION_DEPTH + 1);
@@ -350,6 +362,7 @@ fn delegation_depth_four_is_too_deep() {
     );
 }
 
+/// Clauses: GRT-019 — the fifth token is never decoded.
 #[test]
 fn too_deep_is_detected_before_any_signature_work() {
     // A 4-link chain whose root and links all carry garbage signatures (every
@@ -378,6 +391,7 @@ fn link_from(parent: &str, holder: u8) -> GrantBuilder {
         .delegate_from(parent)
 }
 
+/// Clauses: GRT-030, GRT-032 — a link may narrow and add a sid.
 #[test]
 fn narrowing_delegation_is_valid() {
     let root = root_for(CLIENT);
@@ -399,6 +413,8 @@ fn narrowing_delegation_is_valid() {
     assert_eq!(verify_grant(&same, &ctx), Err(GrantError::WrongSession));
 }
 
+/// Clauses: GRT-027, GRT-028, GRT-029, GRT-030 — a link may not widen tools, scopes,
+/// expiry or session.
 #[test]
 fn widening_delegation_is_rejected() {
     let root = root_for(CLIENT);
@@ -465,6 +481,7 @@ fn widening_delegation_is_rejected() {
     assert!(verify_grant(&kept, &in_session).is_ok());
 }
 
+/// Clauses: GRT-028 — a parent's "*" covers any tool.
 #[test]
 fn wildcard_parent_covers_any_tool() {
     let root = builder(CLIENT, "root")
@@ -481,6 +498,7 @@ fn wildcard_parent_covers_any_tool() {
     }
 }
 
+/// Clauses: GRT-020, GRT-021, GRT-022 — only the parent's holder can sign a link.
 #[test]
 fn link_not_signed_by_parent_holder_is_broken() {
     let root = root_for(CLIENT);
@@ -518,6 +536,7 @@ fn link_not_signed_by_parent_holder_is_broken() {
     );
 }
 
+/// Clauses: GRT-024, GRT-025, GRT-026 — rule 4 applies to every token of the chain.
 #[test]
 fn every_token_in_chain_is_checked() {
     // Each case breaks only the root; the link below it is otherwise valid.
@@ -561,6 +580,8 @@ fn every_token_in_chain_is_checked() {
     );
 }
 
+/// Clauses: GRT-012, GRT-013, GRT-014, GRT-015, GRT-016, GRT-017, GRT-018 — malformed
+/// claims are rejected; unknown claims are ignored.
 #[test]
 fn malformed_claims() {
     let iss = key_to_text(&public(ISSUER));
@@ -649,6 +670,7 @@ fn malformed_claims() {
     );
 }
 
+/// Clauses: GRT-004 — a token over 8192 bytes is not issued.
 #[test]
 fn builder_refuses_unverifiable_grants() {
     let b = GrantBuilder::new(public(CLIENT), public(SERVER), "g", EXP);
@@ -692,6 +714,8 @@ fn builder_refuses_unverifiable_grants() {
     );
 }
 
+/// Clauses: GRT-006 — no mutation verifies; an oversize token is malformed before
+/// decoding.
 #[test]
 fn mutations_never_verify_and_never_panic() {
     let tokens = chain(2);

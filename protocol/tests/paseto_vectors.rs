@@ -194,6 +194,7 @@ fn substitute(token: &str, i: usize) -> String {
     String::from_utf8(bytes).expect("ascii")
 }
 
+/// Clauses: GRT-007, GRT-008 — a wrong header or an extra segment is refused.
 #[test]
 fn tampering_with_any_segment_is_rejected() {
     let sk = test_key();
@@ -265,6 +266,8 @@ fn tampering_with_any_segment_is_rejected() {
     );
 }
 
+/// Clauses: GRT-009 — padding, foreign characters and non-zero trailing bits are
+/// refused.
 #[test]
 fn padded_or_non_canonical_base64_rejected() {
     let sk = test_key();
@@ -314,6 +317,7 @@ fn padded_or_non_canonical_base64_rejected() {
     }
 }
 
+/// Clauses: GRT-002 — the implicit assertion is signed.
 #[test]
 fn implicit_assertion_is_bound() {
     let sk = test_key();
@@ -355,6 +359,8 @@ fn footer_expectation() {
     );
 }
 
+/// Clauses: GRT-006, GRT-010 — over 8192 bytes, or under 64 payload bytes, is
+/// malformed.
 #[test]
 fn size_cap_and_short_payloads() {
     let sk = test_key();

@@ -964,6 +964,8 @@ fn check_envelope_test(group: &Value, test: &Value) -> Result<(), String> {
     }
 }
 
+/// Clauses: ENV-001, ENV-002, ENV-006 — the committed signing bytes, request hashes and
+/// signatures; strict verification refuses small-order keys and S + L.
 #[test]
 fn envelope_vectors() {
     check_file("envelope.json", check_envelope_test);
@@ -1028,6 +1030,10 @@ fn check_grant_test(group: &Value, test: &Value) -> Result<(), String> {
     }
 }
 
+/// Clauses: GRT-002, GRT-011, GRT-017, GRT-018, GRT-019, GRT-020, GRT-021, GRT-024,
+/// GRT-025, GRT-026, GRT-027, GRT-028, GRT-029, GRT-030, GRT-031, GRT-032, GRT-033 —
+/// every committed grant case verifies to its expected rights or fails with its
+/// expected error.
 #[test]
 fn grant_vectors() {
     check_file("grant.json", check_grant_test);
