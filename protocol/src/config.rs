@@ -9,7 +9,7 @@ use crate::noise::KeyPair;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// The WebSocket subprotocol every toolwire connection negotiates (TRN-002).
+/// The WebSocket subprotocol every toolwire connection negotiates (TRN-014, TRN-017, TRN-018).
 pub const SUBPROTOCOL: &str = "toolwire.v1";
 
 /// Limits of one connection. Each field's doc gives its default and the attack it
@@ -61,7 +61,7 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// A Noise static key pair and the identity's signature binding it (HS-008).
+/// A Noise static key pair and the identity's signature binding it (HS-009, HS-019).
 pub(crate) struct StaticBinding {
     secret: Zeroizing<[u8; 32]>,
     pub(crate) public: [u8; 32],
@@ -205,14 +205,14 @@ impl ServerConfig {
         }
     }
 
-    /// Allows these client identities (AUTH-002).
+    /// Allows these client identities (HS-028).
     pub fn allow_clients(mut self, keys: impl IntoIterator<Item = IdentityKey>) -> Self {
         self.allowed_clients.extend(keys);
         self
     }
 
     /// Trusts grants issued by these keys: a client presenting a valid grant from one
-    /// of them authenticates even if it is not allowed by key (AUTH-003).
+    /// of them authenticates even if it is not allowed by key (HS-026, HS-028).
     pub fn trust_grant_issuers(mut self, keys: impl IntoIterator<Item = IdentityKey>) -> Self {
         self.grant_issuers.extend(keys);
         self

@@ -436,7 +436,7 @@ impl Connection {
     }
 
     /// Closes the connection with `code`: an authenticated CLOSE record is queued when
-    /// keys exist (CLS-002). Closing twice does nothing.
+    /// keys exist (CLS-001). Closing twice does nothing.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         if self.closed.is_some() {
             return;
@@ -449,7 +449,7 @@ impl Connection {
         if self.closed.is_none() {
             let code = error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR);
             // No detail for the peer: the code says enough, and the reason of a
-            // security failure would help an attacker probe (HS-019).
+            // security failure would help an attacker probe (HS-034, CLS-003).
             self.close_with(code, Side::Local, "", Some(error.clone()));
         }
         error

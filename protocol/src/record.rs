@@ -12,7 +12,7 @@
 //! 16      ..    body      (handshake message, or ChaCha20-Poly1305 ciphertext||tag)
 //! ```
 //!
-//! A sealed body is `ChaCha20-Poly1305(key[epoch], nonce = 0^32 || LE64(seq),
+//! A sealed body is `ChaCha20-Poly1305(key[epoch], nonce = 0^32 || u64le(seq),
 //! ad = header, plaintext = inner message)`. The receive path runs, in order: length
 //! and header checks → replay check (cheap, before AEAD) → open → window update (only
 //! after success) → decode.
@@ -206,7 +206,7 @@ impl Sender {
         Ok(record)
     }
 
-    /// Moves to the next epoch: key ← REKEY(key) (REC-014).
+    /// Moves to the next epoch: key ← REKEY(key) (KS-003).
     pub(crate) fn rekey(&mut self) -> Result<(), Error> {
         self.epoch = self
             .epoch
@@ -254,7 +254,7 @@ impl Receiver {
         self.epoch
     }
 
-    /// The receive path for a sealed record (REC-006..REC-012). Returns the plaintext.
+    /// The receive path for a sealed record (REC-020..REC-033). Returns the plaintext.
     pub(crate) fn open(&mut self, record: &[u8]) -> Result<Vec<u8>, Error> {
         let (header, body) = RecordHeader::parse(record)?;
         if body.len() > self.max_body_len {
@@ -305,7 +305,7 @@ impl Receiver {
         Ok(())
     }
 
-    /// Moves to the next epoch after a KEY_UPDATE announcing `announced` (REC-015).
+    /// Moves to the next epoch after a KEY_UPDATE announcing `announced` (KEY-005).
     pub(crate) fn rekey(&mut self, announced: u32) -> Result<(), Error> {
         if Some(announced) != self.epoch.checked_add(1) {
             return Err(Error::PeerMisbehaved(Misbehavior::BadKeyUpdate));

@@ -10,13 +10,13 @@
 //! clients send no `Origin`, and must still prove an Ed25519 identity in the
 //! handshake.
 //!
-//! # Rules (normative)
+//! # Rules (spec sections 2.2 and 2.3)
 //!
-//! 1. **UPG-001** A server evaluates [`check_upgrade`] on every upgrade request before
+//! 1. **TRN-005** A server evaluates [`check_upgrade`] on every upgrade request before
 //!    it creates any handshake state or does any cryptographic work. A refused
 //!    upgrade is answered with [`UpgradeRefusal::http_status`] and no WebSocket is
 //!    opened.
-//! 2. **UPG-002** When the request carries an `Origin` header, its value must equal
+//! 2. **TRN-006, TRN-007** When the request carries an `Origin` header, its value must equal
 //!    one of [`UpgradePolicy::allowed_origins`], compared as serialized origins
 //!    (RFC 6454 §6.2, `scheme "://" host [ ":" port ]`): scheme and host
 //!    ASCII-case-insensitively, port as an exact string. There are no wildcards and no
@@ -24,30 +24,30 @@
 //!    (`https://a.example` and `https://a.example:443` are different entries; list
 //!    origins the way browsers serialize them, without the default port). Otherwise
 //!    the upgrade is refused with [`UpgradeRefusal::OriginNotAllowed`] (403).
-//! 3. **UPG-003** A value that is not a serialized origin never matches: an empty
+//! 3. **TRN-008, TRN-009, TRN-010** A value that is not a serialized origin never matches: an empty
 //!    value, several values joined by commas, a trailing `/`, a path, a query,
 //!    userinfo, whitespace, or a host with characters outside
 //!    `A-Z a-z 0-9 - . _ ~` (IPv6 literals in brackets excepted). The opaque origin
 //!    `null` (sent by sandboxed frames, `file:` pages and some redirects) is allowed
 //!    only when the literal string `null` is listed; listing it admits every such
 //!    page, so it should not be.
-//! 4. **UPG-004** A request without an `Origin` header is allowed when
+//! 4. **TRN-012, TRN-013** A request without an `Origin` header is allowed when
 //!    [`UpgradePolicy::allow_missing_origin`] is true (the default: non-browser
 //!    clients send none) and refused with [`UpgradeRefusal::OriginMissing`] (403)
 //!    otherwise.
-//! 5. **UPG-005** The `Sec-WebSocket-Protocol` header (all its values, as a
+//! 5. **TRN-014, TRN-018** The `Sec-WebSocket-Protocol` header (all its values, as a
 //!    comma-separated list) must contain the token `toolwire.v1`
 //!    ([`SUBPROTOCOL`]), compared exactly and case-sensitively after trimming spaces
 //!    and tabs around each element. Otherwise the upgrade is refused with
 //!    [`UpgradeRefusal::SubprotocolMissing`] (400). On success the server echoes
 //!    exactly `toolwire.v1`, whatever else the client offered.
-//! 6. **UPG-006** The origin is checked before the subprotocol, so a request that
+//! 6. **TRN-015** The origin is checked before the subprotocol, so a request that
 //!    fails both is refused as an origin failure (403).
-//! 7. **UPG-007** Cookies, `Authorization` and every other header are never consulted
+//! 7. **TRN-020** Cookies, `Authorization` and every other header are never consulted
 //!    and never grant authority: [`check_upgrade`] does not receive them. Authority
 //!    comes only from the identity proven in the handshake and the grants presented
 //!    there.
-//! 8. **UPG-008** After the upgrade, every WebSocket data message must be binary and
+//! 8. **TRN-023..TRN-028** After the upgrade, every WebSocket data message must be binary and
 //!    at most [`max_frame_len`] bytes (record header + largest record body).
 //!    [`check_frame`] checks the size first, then the kind: an oversize message
 //!    closes the connection with MESSAGE_TOO_BIG (1009), a text message with
@@ -88,14 +88,14 @@ pub struct UpgradePolicy {
     /// Serialized origins (`scheme://host[:port]`) whose pages may open a socket.
     /// Default empty: no browser page may connect. Bounds cross-site WebSocket
     /// hijacking: a page from any other origin is refused with 403 before the
-    /// handshake (UPG-002). Entries that are not serialized origins never match (see
+    /// handshake (TRN-006). Entries that are not serialized origins never match (see
     /// [`validate`](Self::validate)).
     pub allowed_origins: Vec<String>,
     /// Whether a request without an `Origin` header is accepted. Default true:
     /// non-browser clients (agents, CLIs) send none, and browsers always send one, so
     /// accepting its absence does not open the hijacking hole; set it to false when
     /// only browser clients are expected, to refuse everything else at the door
-    /// (UPG-004).
+    /// (TRN-012, TRN-013).
     pub allow_missing_origin: bool,
 }
 
@@ -180,7 +180,7 @@ pub struct InvalidOrigin {
 }
 
 /// The headers of an HTTP upgrade request that the checks look at. Nothing else is
-/// consulted (UPG-007): in particular cookies and `Authorization` are not inputs.
+/// consulted (TRN-020): in particular cookies and `Authorization` are not inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpgradeRequest<'a> {
     /// The `Origin` header's value, `None` when the header is absent. A driver that
@@ -197,15 +197,15 @@ pub struct UpgradeRequest<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpgradeRefusal {
-    /// The `Origin` is not on the allowlist (UPG-002, UPG-003): a page of another
+    /// The `Origin` is not on the allowlist (TRN-006, TRN-008): a page of another
     /// site, or a malformed value. 403. Worth an `origin_rejected` alert: a browser
     /// is being used against the server.
     #[error("origin not allowed")]
     OriginNotAllowed,
-    /// No `Origin` header, and the policy requires one (UPG-004). 403.
+    /// No `Origin` header, and the policy requires one (TRN-013). 403.
     #[error("origin required")]
     OriginMissing,
-    /// The client did not offer the `toolwire.v1` subprotocol (UPG-005). 400: the
+    /// The client did not offer the `toolwire.v1` subprotocol (TRN-014). 400: the
     /// client is not a toolwire client, or speaks another version.
     #[error("subprotocol toolwire.v1 not offered")]
     SubprotocolMissing,
@@ -222,7 +222,7 @@ impl UpgradeRefusal {
     }
 }
 
-/// Decides whether to accept an HTTP upgrade request (UPG-001..UPG-007) and returns
+/// Decides whether to accept an HTTP upgrade request (TRN-005..TRN-020) and returns
 /// the subprotocol to echo in `Sec-WebSocket-Protocol`, always [`SUBPROTOCOL`].
 ///
 /// Pure and cheap: call it before any handshake work. It does not look at cookies,
@@ -230,7 +230,7 @@ impl UpgradeRefusal {
 /// browsers on foreign pages and non-toolwire clients out.
 ///
 /// # Errors
-/// The first failed check, origin before subprotocol (UPG-006):
+/// The first failed check, origin before subprotocol (TRN-015):
 /// [`UpgradeRefusal::OriginNotAllowed`], [`UpgradeRefusal::OriginMissing`] or
 /// [`UpgradeRefusal::SubprotocolMissing`].
 pub fn check_upgrade(
@@ -263,7 +263,7 @@ pub enum FrameKind {
     Text,
 }
 
-/// A WebSocket data message that ends the connection (UPG-008). The driver asks
+/// A WebSocket data message that ends the connection (TRN-024, TRN-025). The driver asks
 /// [`close_code`](Self::close_code) which code to close with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
@@ -297,7 +297,7 @@ pub fn max_frame_len(limits: &ConnectionLimits) -> usize {
 }
 
 /// Checks one WebSocket data message (after reassembly of fragments) of `len` bytes
-/// (UPG-008). The size is checked first, since a WebSocket library enforces it before
+/// (TRN-025, TRN-026). The size is checked first, since a WebSocket library enforces it before
 /// it hands over the message.
 ///
 /// # Errors

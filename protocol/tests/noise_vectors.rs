@@ -213,6 +213,8 @@ fn constants() {
     assert_eq!((DH_LEN, TAG_LEN, MAX_MESSAGE_LEN), (32, 16, 65535));
 }
 
+/// Clauses: HS-001 — the Noise layer reproduces the published Noise_XX_25519_ChaChaPoly_SHA256
+/// vectors byte for byte.
 #[test]
 fn published_vectors() {
     let doc: Value = serde_json::from_str(VECTORS).unwrap();
@@ -304,6 +306,8 @@ fn published_vectors() {
 
 /// Our initiator vs snow's responder and snow's initiator vs our responder,
 /// for 50 seeded key sets, every byte compared with snow's own transcript.
+/// Clauses: HS-001, KS-001 — handshakes and Split() keys agree byte for byte with snow, in both
+/// roles.
 #[test]
 fn differential_against_snow() {
     const PAYLOAD_LENS: [usize; 4] = [0, 1, 100, 1000];
@@ -381,6 +385,7 @@ fn differential_against_snow() {
 
 /// Nonce = 4 zero bytes || LE64(n): snow's transport output at nonces
 /// 0, 1, 2 and at a large nonce whose bytes are all distinct.
+/// Clauses: REC-007, KS-004 — the AEAD nonce is four zero bytes then u64le(n), as snow builds it.
 #[test]
 fn nonce_encoding_matches_snow() {
     let inputs = Inputs::fixed();
@@ -407,6 +412,7 @@ fn nonce_encoding_matches_snow() {
     assert_eq!(snow_open(&mut sr, &our_seal(&c1, big, payload)), payload);
 }
 
+/// Clauses: KS-003 — REKEY(k) agrees with snow's rekey.
 #[test]
 fn rekey_matches_snow() {
     let inputs = Inputs::fixed();
@@ -561,6 +567,8 @@ fn bit_flips_in_messages_2_and_3_are_rejected() {
     }
 }
 
+/// Clauses: HS-010, HS-020 — messages 2 and 3 shorter than their tokens or longer than 65535 bytes
+/// are refused.
 #[test]
 fn truncated_and_oversized_messages_are_malformed() {
     let inputs = Inputs::fixed();
@@ -654,6 +662,7 @@ fn truncated_and_oversized_messages_are_malformed() {
     assert_eq!(write(&mut i, &vec![0; max3]).len(), MAX_MESSAGE_LEN);
 }
 
+/// Clauses: HS-003 — a different prologue makes message 2 fail to decrypt.
 #[test]
 fn prologue_mismatch_fails_at_message_2() {
     let mut inputs = Inputs::fixed();
@@ -691,6 +700,7 @@ fn low_order_points() -> Vec<[u8; 32]> {
     points
 }
 
+/// Clauses: HS-011 — a low-order ephemeral key in message 1 fails at the DH that computes zero.
 #[test]
 fn low_order_ephemeral_in_message_1_is_rejected_by_responder_write() {
     let inputs = Inputs::fixed();
@@ -714,6 +724,7 @@ fn low_order_ephemeral_in_message_1_is_rejected_by_responder_write() {
     }
 }
 
+/// Clauses: HS-011 — a low-order ephemeral key in message 2 fails at the initiator's DH.
 #[test]
 fn low_order_ephemeral_in_message_2_is_rejected_by_initiator_read() {
     let inputs = Inputs::fixed();

@@ -136,6 +136,8 @@ fn assert_rejected_during_handshake(pair: &mut Pair, role: Role, error: &Error, 
     );
 }
 
+/// Clauses: REC-004, REC-017, REC-018, HS-010 — every flipped bit of record 1 is refused with the
+/// code of its field.
 #[test]
 fn every_bit_flip_of_handshake_record_1_is_rejected() {
     let [record_1, ..] = handshake_records();
@@ -170,6 +172,8 @@ fn every_bit_flip_of_handshake_record_1_is_rejected() {
     }
 }
 
+/// Clauses: REC-004, REC-017, REC-018, HS-010 — every flipped bit of record 2 is refused by the
+/// client with the code of its field.
 #[test]
 fn every_bit_flip_of_handshake_record_2_is_rejected_by_the_client() {
     let [_, record_2, _] = handshake_records();
@@ -184,6 +188,8 @@ fn every_bit_flip_of_handshake_record_2_is_rejected_by_the_client() {
     }
 }
 
+/// Clauses: REC-004, REC-017, REC-018, HS-020 — every flipped bit of record 3 is refused by the
+/// server with the code of its field.
 #[test]
 fn every_bit_flip_of_handshake_record_3_is_rejected_by_the_server() {
     let [record_1, _, record_3] = handshake_records();
@@ -268,17 +274,21 @@ fn flip_every_bit_of_a_sealed_record(direction: Direction, message: Message) {
     }
 }
 
+/// Clauses: REC-021, REC-022, REC-023, REC-024, REC-025, REC-026, REC-028, REC-033, CLS-011 — every
+/// flipped bit of a sealed record closes with the code of the first check it fails.
 #[test]
 fn every_bit_flip_of_a_small_sealed_record_is_rejected_with_the_code_of_its_field() {
     flip_every_bit_of_a_sealed_record(Direction::ClientToServer, request(3, &[0x90]));
 }
 
+/// Clauses: REC-028, REC-033, CLS-011 — the same for a larger record, server to client.
 #[test]
 fn every_bit_flip_of_a_larger_sealed_record_is_rejected_with_the_code_of_its_field() {
     let result: Vec<u8> = (0..=255u8).cycle().take(600).collect();
     flip_every_bit_of_a_sealed_record(Direction::ServerToClient, response(3, &result));
 }
 
+/// Clauses: REC-033, KEY-004 — a tampered KEY_UPDATE never moves the receiver to the next epoch.
 #[test]
 fn every_bit_flip_of_a_key_update_record_is_rejected_with_the_code_of_its_field() {
     let mut pair = Pair::established();
@@ -314,6 +324,7 @@ fn every_bit_flip_of_a_key_update_record_is_rejected_with_the_code_of_its_field(
     }
 }
 
+/// Clauses: REC-028 — a tampered tag closes with DECRYPT_FAILED (4003).
 #[test]
 fn tampered_tag_closes_with_decrypt_failed() {
     let mut pair = Pair::established();
@@ -341,6 +352,7 @@ fn tampered_tag_closes_with_decrypt_failed() {
     );
 }
 
+/// Clauses: REC-026, RPL-007 — the sequence number is checked before the AEAD.
 #[test]
 fn tampered_sequence_number_closes_with_replay_detected_before_decryption() {
     let mut pair = Pair::established();
@@ -356,6 +368,7 @@ fn tampered_sequence_number_closes_with_replay_detected_before_decryption() {
     assert!(pair.server_messages().is_empty());
 }
 
+/// Clauses: REC-004 — version 2 on a sealed record closes with VERSION_UNSUPPORTED (4002).
 #[test]
 fn tampered_version_closes_with_version_unsupported() {
     let mut pair = Pair::established();
@@ -371,6 +384,7 @@ fn tampered_version_closes_with_version_unsupported() {
     assert!(pair.server_messages().is_empty());
 }
 
+/// Clauses: REC-023 — a wrong epoch closes with PROTOCOL_VIOLATION (4010).
 #[test]
 fn tampered_epoch_closes_with_protocol_violation() {
     let mut pair = Pair::established();

@@ -14,6 +14,8 @@ use toolwire_protocol::message::{
 use toolwire_protocol::testing::seal_raw_for_testing_only;
 use toolwire_protocol::{CloseCode, Error, ErrorCode, Event, Message, Side};
 
+/// Clauses: CLS-001, CLS-006 — a close with keys sends one sealed CLOSE; the peer reports a remote
+/// close with its code and does not answer with a CLOSE.
 #[test]
 fn local_close_sends_an_authenticated_close_and_the_peer_sees_a_remote_close() {
     let mut pair = Pair::established();
@@ -45,6 +47,8 @@ fn local_close_sends_an_authenticated_close_and_the_peer_sees_a_remote_close() {
     );
 }
 
+/// Clauses: CLS-006, CLS-007 — the client reports the server's code, including one it does not know
+/// (4999), as a remote close.
 #[test]
 fn server_close_reaches_the_client_with_its_code() {
     for code in [
@@ -62,6 +66,7 @@ fn server_close_reaches_the_client_with_its_code() {
     }
 }
 
+/// Clauses: CLS-004, CLS-005 — after the peer's CLOSE nothing is processed and nothing is sent.
 #[test]
 fn a_close_is_the_last_record_accepted() {
     let mut pair = Pair::established();
@@ -99,6 +104,7 @@ fn a_close_is_the_last_record_accepted() {
     assert!(pair.take_from_server().is_empty());
 }
 
+/// Clauses: CLS-005 — a record arriving after the local close is not processed.
 #[test]
 fn records_arriving_after_a_local_close_are_refused() {
     let mut pair = Pair::established();
@@ -116,6 +122,7 @@ fn records_arriving_after_a_local_close_are_refused() {
     assert!(pair.client_messages().is_empty());
 }
 
+/// Clauses: CLS-004 — after its CLOSE an endpoint sends no second one.
 #[test]
 fn closing_twice_does_nothing() {
     let mut pair = Pair::established();
@@ -132,6 +139,8 @@ fn closing_twice_does_nothing() {
     assert_eq!(pair.take_from_client().len(), 1, "one CLOSE record");
 }
 
+/// Clauses: CLS-001 — without transport keys there is no CLOSE record, only the code for the close
+/// frame.
 #[test]
 fn closing_before_the_handshake_sends_no_close_record() {
     let mut pair = Pair::start(&Peers::default_configs());
@@ -202,6 +211,8 @@ fn client_only_messages() -> Vec<Message> {
 
 const VIOLATION: Error = Error::PeerMisbehaved(Misbehavior::UnexpectedMessage);
 
+/// Clauses: MSG-004 — a kind only servers send, received by the server, closes with
+/// PROTOCOL_VIOLATION (4010) undelivered.
 #[test]
 fn client_sending_a_server_message_closes_with_protocol_violation() {
     for message in server_only_messages() {
@@ -232,6 +243,8 @@ fn client_sending_a_server_message_closes_with_protocol_violation() {
     }
 }
 
+/// Clauses: MSG-004 — a kind only clients send, received by the client, closes with
+/// PROTOCOL_VIOLATION (4010) undelivered.
 #[test]
 fn server_sending_a_client_message_closes_with_protocol_violation() {
     for message in client_only_messages() {
@@ -262,6 +275,7 @@ fn server_sending_a_client_message_closes_with_protocol_violation() {
     }
 }
 
+/// Clauses: MSG-010 — an ERROR is delivered in either direction and closes nothing.
 #[test]
 fn error_messages_are_allowed_in_both_directions() {
     let mut pair = Pair::established();
@@ -277,6 +291,8 @@ fn error_messages_are_allowed_in_both_directions() {
     assert_eq!(pair.client_messages(), vec![error]);
 }
 
+/// Clauses: REC-032 — an authentic record whose plaintext is not a message closes with
+/// PROTOCOL_VIOLATION (4010).
 #[test]
 fn an_undecodable_sealed_message_closes_with_protocol_violation() {
     let mut pair = Pair::established();

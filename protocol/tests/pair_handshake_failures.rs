@@ -148,6 +148,8 @@ fn a_hand_built_client_with_an_honest_binding_is_accepted() {
     );
 }
 
+/// Clauses: HS-025, ID-004 — a ClientHello signature made by another key closes with AUTH_FAILED
+/// (4001) and nothing on the wire (HS-034).
 #[test]
 fn client_claiming_an_allowed_identity_it_cannot_sign_for_fails_auth() {
     let peers = Peers::default_configs();
@@ -171,6 +173,8 @@ fn client_claiming_an_allowed_identity_it_cannot_sign_for_fails_auth() {
     );
 }
 
+/// Clauses: HS-025 — a genuine signature over another Noise static key closes with AUTH_FAILED
+/// (4001).
 #[test]
 fn client_binding_signed_for_another_static_key_fails_auth() {
     let peers = Peers::default_configs();
@@ -194,6 +198,7 @@ fn client_binding_signed_for_another_static_key_fails_auth() {
     );
 }
 
+/// Clauses: HS-025 — a signature under the server's domain string closes with AUTH_FAILED (4001).
 #[test]
 fn client_binding_signed_under_the_server_domain_fails_auth() {
     let peers = Peers::default_configs();
@@ -216,6 +221,7 @@ fn client_binding_signed_under_the_server_domain_fails_auth() {
     );
 }
 
+/// Clauses: HS-024, ID-002 — a small-order client identity key closes with AUTH_FAILED (4001).
 #[test]
 fn client_with_an_invalid_identity_key_fails_auth() {
     let peers = Peers::default_configs();
@@ -240,6 +246,7 @@ fn client_with_an_invalid_identity_key_fails_auth() {
     );
 }
 
+/// Clauses: HS-021 — a ClientHello that does not decode closes with HANDSHAKE_FAILED (4000).
 #[test]
 fn client_hello_that_is_not_msgpack_fails_the_handshake() {
     let peers = Peers::default_configs();
@@ -316,6 +323,8 @@ fn a_hand_built_server_with_an_honest_binding_is_accepted() {
     assert!(pair.client.is_established());
 }
 
+/// Clauses: HS-014, HS-017, HS-034 — a ServerHello signature by another key closes with AUTH_FAILED
+/// (4001); no record 3, nothing on the wire.
 #[test]
 fn server_claiming_the_pinned_identity_it_cannot_sign_for_fails_auth() {
     let peers = Peers::default_configs();
@@ -338,6 +347,8 @@ fn server_claiming_the_pinned_identity_it_cannot_sign_for_fails_auth() {
     );
 }
 
+/// Clauses: HS-015, ID-003, HS-017 — a valid proof of an unpinned identity closes with AUTH_FAILED
+/// (4001) before record 3.
 #[test]
 fn server_with_a_valid_binding_for_an_unpinned_identity_fails_auth() {
     let peers = Peers::default_configs();
@@ -360,6 +371,8 @@ fn server_with_a_valid_binding_for_an_unpinned_identity_fails_auth() {
     );
 }
 
+/// Clauses: HS-015, ID-003, HS-017 — the genuine server, not pinned, is refused with AUTH_FAILED
+/// (4001) and never gets record 3.
 #[test]
 fn unpinned_server_key_fails_auth_at_the_client() {
     let options = PeerOptions {
@@ -383,6 +396,8 @@ fn unpinned_server_key_fails_auth_at_the_client() {
     assert!(pair.server_events.is_empty());
 }
 
+/// Clauses: HS-028, HS-034 — a client neither allowlisted nor holding a grant closes with
+/// AUTH_FAILED (4001), with nothing sent.
 #[test]
 fn unknown_client_without_a_grant_fails_auth_at_the_server() {
     let options = PeerOptions {
@@ -441,6 +456,8 @@ fn peers_presenting(grants: Vec<String>) -> Peers {
     )
 }
 
+/// Clauses: HS-028, HS-026 — a grant from a trusted issuer, for this holder and audience, admits a
+/// client that is not allowlisted.
 #[test]
 fn unlisted_client_with_a_valid_grant_from_a_trusted_issuer_is_admitted() {
     let client = Identity::from_seed(&[0x43; 32]).public_key();
@@ -458,6 +475,8 @@ fn unlisted_client_with_a_valid_grant_from_a_trusted_issuer_is_admitted() {
     assert!(session.rejected_grants.is_empty());
 }
 
+/// Clauses: HS-027, HS-026 — a grant that fails verification is disregarded (reported), not fatal;
+/// the good one admits.
 #[test]
 fn a_bad_grant_next_to_a_good_one_is_reported_and_the_good_one_admits() {
     let client = Identity::from_seed(&[0x43; 32]).public_key();
@@ -474,6 +493,8 @@ fn a_bad_grant_next_to_a_good_one_is_reported_and_the_good_one_admits() {
     );
 }
 
+/// Clauses: HS-026, HS-028 — grants of an untrusted issuer, expired, or for another holder admit no
+/// one: AUTH_FAILED (4001).
 #[test]
 fn unlisted_client_with_only_invalid_grants_fails_auth() {
     let client = Identity::from_seed(&[0x43; 32]).public_key();
@@ -505,6 +526,8 @@ fn unlisted_client_with_only_invalid_grants_fails_auth() {
     }
 }
 
+/// Clauses: HS-003, HS-004, HS-010 — a client bound to another endpoint fails at record 2 with
+/// HANDSHAKE_FAILED (4000).
 #[test]
 fn wrong_endpoint_in_the_prologue_fails_the_client_at_record_2() {
     let options = PeerOptions {
@@ -526,6 +549,8 @@ fn wrong_endpoint_in_the_prologue_fails_the_client_at_record_2() {
     );
 }
 
+/// Clauses: REC-004 — a handshake record whose version byte is not 1 closes with
+/// VERSION_UNSUPPORTED (4002).
 #[test]
 fn bad_version_byte_in_record_1_closes_with_version_unsupported() {
     for version in [0u8, 2, 0x81, 0xff] {
@@ -543,6 +568,8 @@ fn bad_version_byte_in_record_1_closes_with_version_unsupported() {
     }
 }
 
+/// Clauses: REC-017 — a handshake record of any type but the expected one closes with
+/// PROTOCOL_VIOLATION (4010).
 #[test]
 fn wrong_record_type_during_the_handshake_closes_with_protocol_violation() {
     // At the server, in place of record 1.
@@ -590,6 +617,8 @@ fn wrong_record_type_during_the_handshake_closes_with_protocol_violation() {
     );
 }
 
+/// Clauses: REC-018, REC-003 — a non-zero reserved, epoch or seq field in a handshake record closes
+/// with PROTOCOL_VIOLATION (4010).
 #[test]
 fn nonzero_handshake_header_fields_close_with_protocol_violation() {
     for offset in [2usize, 3, 4, 7, 8, 15] {
@@ -607,6 +636,8 @@ fn nonzero_handshake_header_fields_close_with_protocol_violation() {
     }
 }
 
+/// Clauses: REC-021, CLS-001 — a handshake record after the handshake closes with
+/// PROTOCOL_VIOLATION (4010), announced in an authenticated CLOSE.
 #[test]
 fn handshake_records_after_the_handshake_close_with_protocol_violation() {
     let peers = Peers::default_configs();
@@ -640,6 +671,8 @@ fn handshake_records_after_the_handshake_close_with_protocol_violation() {
     );
 }
 
+/// Clauses: REC-005, HS-007 — a record shorter than its header closes with 4010; a message 1 that
+/// is not 32 bytes with HANDSHAKE_FAILED (4000).
 #[test]
 fn truncated_or_misshapen_handshake_records_are_refused() {
     // Shorter than a header: a framing violation.
@@ -689,6 +722,8 @@ fn low_order_points() -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// Clauses: HS-011 — a low-order client ephemeral key (zero DH result) closes with HANDSHAKE_FAILED
+/// (4000).
 #[test]
 fn non_contributory_client_ephemeral_closes_with_handshake_failed() {
     for point in low_order_points() {
@@ -705,6 +740,8 @@ fn non_contributory_client_ephemeral_closes_with_handshake_failed() {
     }
 }
 
+/// Clauses: HS-011 — a low-order server ephemeral key closes the client with HANDSHAKE_FAILED
+/// (4000).
 #[test]
 fn non_contributory_server_ephemeral_closes_with_handshake_failed() {
     let all_zero = [0u8; 32];
@@ -722,6 +759,8 @@ fn non_contributory_server_ephemeral_closes_with_handshake_failed() {
     );
 }
 
+/// Clauses: HS-033, LIM-005, HS-034 — with default limits, a handshake not done 5 s after the start
+/// closes both sides with TIMEOUT (4009), nothing sent.
 #[test]
 fn handshake_deadline_closes_both_sides_with_timeout() {
     let mut pair = Pair::start(&Peers::default_configs());
@@ -744,6 +783,8 @@ fn handshake_deadline_closes_both_sides_with_timeout() {
     assert_failed_handshake(&mut pair, Role::Server, server, &error, CloseCode::TIMEOUT);
 }
 
+/// Clauses: HS-033 — the handshake deadline counts from the start, also after record 1 was
+/// answered.
 #[test]
 fn handshake_deadline_applies_to_a_half_finished_handshake() {
     let mut pair = Pair::start(&Peers::default_configs());
@@ -777,6 +818,8 @@ fn a_handshake_finished_before_the_deadline_is_not_timed_out() {
     );
 }
 
+/// Clauses: HS-035, CLS-005 — after a failed handshake no record is processed and nothing more is
+/// sent.
 #[test]
 fn records_after_a_failed_handshake_are_refused_as_closed() {
     let options = PeerOptions {

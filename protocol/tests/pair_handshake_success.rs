@@ -27,6 +27,7 @@ fn peers_with_cap_request() -> Peers {
     )
 }
 
+/// Clauses: HS-031 — both sides take the same (non-zero) handshake hash as session id.
 #[test]
 fn both_sides_are_established_on_the_same_session() {
     let peers = peers_with_cap_request();
@@ -53,6 +54,7 @@ fn both_sides_are_established_on_the_same_session() {
     assert_eq!(pair.client.close_code(), None);
 }
 
+/// Clauses: HS-008, HS-018 — each side learns the identity key the other put in its hello.
 #[test]
 fn each_side_authenticates_the_other_identity() {
     let peers = peers_with_cap_request();
@@ -67,6 +69,8 @@ fn each_side_authenticates_the_other_identity() {
     );
 }
 
+/// Clauses: HS-008, LIFE-002 — the client receives the server's own parameters (record limit,
+/// lifetime, idle timeout).
 #[test]
 fn the_capability_request_arrives_at_the_server() {
     let peers = peers_with_cap_request();
@@ -96,6 +100,8 @@ fn a_resumed_lineage_arrives_at_the_server() {
     );
 }
 
+/// Clauses: MSG-006 — the argument bytes arrive unchanged and the signature over the sent bytes
+/// verifies over the received ones.
 #[test]
 fn a_signed_request_and_response_round_trip_and_verify() {
     let peers = peers_with_cap_request();
@@ -190,6 +196,7 @@ fn a_signed_request_and_response_round_trip_and_verify() {
     assert_eq!(client_session.peer, peers.server_identity.public_key());
 }
 
+/// Clauses: REC-010 — each direction numbers its records from 0 by one.
 #[test]
 fn messages_flow_in_both_directions_in_order() {
     let mut pair = Pair::established();
@@ -227,6 +234,8 @@ fn messages_flow_in_both_directions_in_order() {
     assert!(!pair.client.is_closed() && !pair.server.is_closed());
 }
 
+/// Clauses: LIM-006, LIM-007 — by default the client's next deadline is its 30 s keepalive and the
+/// server's its 90 s idle timeout.
 #[test]
 fn after_the_handshake_the_deadlines_are_keepalive_and_idle() {
     let pair = Pair::established();
@@ -241,6 +250,8 @@ fn after_the_handshake_the_deadlines_are_keepalive_and_idle() {
     );
 }
 
+/// Clauses: HS-002, KS-005 — every connection of the same configurations gets a fresh ephemeral
+/// key, hence its own session id and keys.
 #[test]
 fn fresh_ephemerals_give_every_connection_its_own_session() {
     let peers = Peers::default_configs();

@@ -24,6 +24,8 @@ fn relaxed_peers(adjust: impl Fn(&mut ConnectionLimits)) -> Peers {
 
 const EXHAUSTED: Error = Error::LimitExceeded(Limit::SequenceSpace);
 
+/// Clauses: REC-011, REC-012, REC-013 — the last data sequence number carries a message; the next
+/// send closes with SEQUENCE_EXHAUSTED (4005) in a CLOSE at 2^62 − 1, and nothing follows.
 #[test]
 fn sequence_exhaustion_sends_the_last_record_then_closes_with_sequence_exhausted() {
     let mut pair = Pair::established_with(&relaxed_peers(|_| {}));
@@ -69,6 +71,8 @@ fn sequence_exhaustion_sends_the_last_record_then_closes_with_sequence_exhausted
     );
 }
 
+/// Clauses: REC-012, REC-013 — a count-based KEY_UPDATE never takes 2^62 − 1, which stays for the
+/// CLOSE.
 #[test]
 fn a_rekey_never_uses_the_sequence_number_reserved_for_close() {
     // A count-based rekey due exactly when one data sequence number is left: the
@@ -103,6 +107,8 @@ fn a_rekey_never_uses_the_sequence_number_reserved_for_close() {
     assert_eq!(pair.server_messages(), vec![request(1, b"")]);
 }
 
+/// Clauses: REC-012, REC-013 — a time-based rekey with only 2^62 − 1 left closes with
+/// SEQUENCE_EXHAUSTED instead.
 #[test]
 fn a_time_based_rekey_never_uses_the_sequence_number_reserved_for_close() {
     let period = Duration::from_secs(10);
@@ -125,6 +131,8 @@ fn a_time_based_rekey_never_uses_the_sequence_number_reserved_for_close() {
     );
 }
 
+/// Clauses: REC-024 — a received sequence number of 2^62 or more closes with SEQUENCE_EXHAUSTED
+/// (4005).
 #[test]
 fn a_record_with_a_sequence_number_past_the_limit_closes_with_sequence_exhausted() {
     for seq in [1u64 << 62, (1 << 62) + 1, u64::MAX] {
@@ -152,6 +160,8 @@ fn a_record_with_a_sequence_number_past_the_limit_closes_with_sequence_exhausted
     }
 }
 
+/// Clauses: LIFE-001, LIM-009 — by default the server closes a kept-alive session with
+/// SESSION_EXPIRED (4006) at 62 minutes, not before.
 #[test]
 fn session_expiry_closes_with_session_expired_and_the_client_hears_it() {
     let mut pair = Pair::established();
@@ -186,6 +196,8 @@ fn session_expiry_closes_with_session_expired_and_the_client_hears_it() {
     assert!(pair.client_messages().is_empty() && pair.server_messages().is_empty());
 }
 
+/// Clauses: LIFE-003, LIFE-002 — the client closes with SESSION_EXPIRED (4006) at the shorter
+/// lifetime the server announced.
 #[test]
 fn the_client_honours_a_shorter_session_lifetime_announced_by_the_server() {
     let lifetime = Duration::from_secs(120);
@@ -211,6 +223,8 @@ fn the_client_honours_a_shorter_session_lifetime_announced_by_the_server() {
     );
 }
 
+/// Clauses: LIFE-005, LIM-006 — by default 90 s without a received record close with TIMEOUT
+/// (4009).
 #[test]
 fn idle_timeout_closes_with_timeout_and_the_peer_hears_it() {
     let mut pair = Pair::established();
@@ -240,6 +254,7 @@ fn idle_timeout_closes_with_timeout_and_the_peer_hears_it() {
     );
 }
 
+/// Clauses: LIFE-005 — the idle timeout counts from the last record received.
 #[test]
 fn a_received_record_restarts_the_idle_timer() {
     let mut pair = Pair::established();
@@ -254,6 +269,7 @@ fn a_received_record_restarts_the_idle_timer() {
     assert!(!pair.server.is_closed());
 }
 
+/// Clauses: LIFE-005 — sending PINGs does not restart the idle timer: only received records do.
 #[test]
 fn a_client_whose_pings_go_unanswered_closes_with_timeout() {
     let mut pair = Pair::established();
@@ -275,6 +291,8 @@ fn a_client_whose_pings_go_unanswered_closes_with_timeout() {
     );
 }
 
+/// Clauses: LIFE-006, LIM-007 — by default the client sends a PING after 30 s without sending, and
+/// the server answers it.
 #[test]
 fn client_keepalive_ping_is_answered_with_pong() {
     let mut pair = Pair::established();
@@ -304,6 +322,7 @@ fn client_keepalive_ping_is_answered_with_pong() {
     );
 }
 
+/// Clauses: LIFE-006 — keepalive PINGs and their PONGs keep both idle timers from firing.
 #[test]
 fn pings_keep_the_connection_open_past_the_idle_timeout() {
     let mut pair = Pair::established();
@@ -340,6 +359,8 @@ fn record_with_body_len(pair: &mut Pair, body_len: usize) -> Vec<u8> {
     record
 }
 
+/// Clauses: REC-020, LIM-001 — by default a record body over 65536 bytes closes with
+/// MESSAGE_TOO_BIG (1009).
 #[test]
 fn oversize_record_closes_with_message_too_big() {
     let mut pair = Pair::established();
@@ -365,6 +386,7 @@ fn oversize_record_closes_with_message_too_big() {
     );
 }
 
+/// Clauses: REC-020, LIM-001 — a body of exactly 65536 bytes passes the size check.
 #[test]
 fn a_record_of_exactly_the_maximum_body_is_not_refused_for_its_size() {
     // Padded garbage at exactly the limit reaches the AEAD (and fails there).
@@ -374,6 +396,8 @@ fn a_record_of_exactly_the_maximum_body_is_not_refused_for_its_size() {
     assert_error(result, &Error::DecryptFailed, CloseCode::DECRYPT_FAILED);
 }
 
+/// Clauses: REC-016 — during the handshake too, a body over the record limit closes with
+/// MESSAGE_TOO_BIG (1009).
 #[test]
 fn oversize_handshake_record_closes_with_message_too_big() {
     let mut pair = Pair::start(&Peers::default_configs());
@@ -401,6 +425,8 @@ fn request_of_encoded_len(len: usize) -> Message {
     message
 }
 
+/// Clauses: REC-014 — a message longer than the record body minus 16 bytes is never sealed; exactly
+/// that length is.
 #[test]
 fn sending_a_too_large_message_is_a_local_error_and_the_connection_stays_open() {
     let mut pair = Pair::established();

@@ -30,6 +30,9 @@ fn peers_rekeying_after(period: Duration) -> Peers {
     Peers::with_limits(&limits)
 }
 
+/// Clauses: KEY-001, KEY-003, KEY-004, REC-009, REC-010 — after its quota of records the sender
+/// seals KEY_UPDATE in the old epoch and moves on; epochs label the records and sequence numbers
+/// run on across epochs.
 #[test]
 fn count_based_rekey_emits_key_update_and_the_receiver_follows() {
     let mut pair = Pair::established_with(&peers_rekeying_after_records(4));
@@ -76,6 +79,8 @@ fn count_based_rekey_emits_key_update_and_the_receiver_follows() {
     assert_eq!(pair.client.transport().expect("open").receive_epoch(), 0);
 }
 
+/// Clauses: KEY-003, KEY-004 — both directions rekey independently, many times, without losing a
+/// message.
 #[test]
 fn traffic_keeps_flowing_both_ways_across_many_rekeys() {
     let mut pair = Pair::established_with(&peers_rekeying_after_records(3));
@@ -100,6 +105,8 @@ fn traffic_keeps_flowing_both_ways_across_many_rekeys() {
     assert_eq!(client.next_send_seq(), 40 + 13);
 }
 
+/// Clauses: KEY-002 — a sender rekeys when its epoch is as old as the rekey period, with nothing
+/// else to send.
 #[test]
 fn time_based_rekey_emits_key_update_at_the_deadline() {
     let period = Duration::from_secs(10);
@@ -144,6 +151,7 @@ fn time_based_rekey_emits_key_update_at_the_deadline() {
     assert_eq!(pair.server.transport().expect("open").receive_epoch(), 2);
 }
 
+/// Clauses: KEY-002, LIM-008 — by default each direction rekeys at 5 minutes.
 #[test]
 fn default_time_based_rekey_happens_at_five_minutes_on_a_kept_alive_connection() {
     let mut pair = Pair::established();
@@ -164,6 +172,7 @@ fn default_time_based_rekey_happens_at_five_minutes_on_a_kept_alive_connection()
     assert_eq!(pair.server_messages(), vec![request(1, b"")]);
 }
 
+/// Clauses: KEY-005 — a KEY_UPDATE announcing current + 2 closes with PROTOCOL_VIOLATION (4010).
 #[test]
 fn key_update_announcing_epoch_plus_two_closes_with_protocol_violation() {
     let mut pair = Pair::established();
@@ -204,6 +213,8 @@ fn key_update_announcing_epoch_plus_two_closes_with_protocol_violation() {
     );
 }
 
+/// Clauses: KEY-005 — a KEY_UPDATE announcing the current epoch (or one that wraps) closes with
+/// PROTOCOL_VIOLATION (4010).
 #[test]
 fn key_update_that_does_not_advance_the_epoch_closes_with_protocol_violation() {
     for announced in [0u32, u32::MAX] {
@@ -227,6 +238,8 @@ fn key_update_that_does_not_advance_the_epoch_closes_with_protocol_violation() {
     }
 }
 
+/// Clauses: KEY-004, REC-023 — a record of an epoch the receiver has not moved to closes with
+/// PROTOCOL_VIOLATION (4010).
 #[test]
 fn a_dropped_key_update_closes_with_protocol_violation_at_the_next_record() {
     let mut pair = Pair::established_with(&peers_rekeying_after_records(1));
@@ -243,6 +256,8 @@ fn a_dropped_key_update_closes_with_protocol_violation_at_the_next_record() {
     assert_eq!(pair.server_messages(), vec![request(1, b"")]);
 }
 
+/// Clauses: KS-003, KEY-003 — after a KEY_UPDATE the same message at the same seq encrypts
+/// differently: the key changed.
 #[test]
 fn a_new_epoch_uses_a_new_key() {
     // ChaCha20's keystream depends only on key and nonce: the same plaintext at the

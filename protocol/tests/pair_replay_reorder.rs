@@ -48,6 +48,8 @@ fn relaxed_peers() -> Peers {
     )
 }
 
+/// Clauses: REC-025 — a record received twice closes with REPLAY_DETECTED (4004) and is not
+/// delivered again.
 #[test]
 fn a_record_delivered_twice_closes_with_replay_detected() {
     let mut pair = Pair::established();
@@ -65,6 +67,7 @@ fn a_record_delivered_twice_closes_with_replay_detected() {
     );
 }
 
+/// Clauses: REC-025 — an old record replayed after later ones closes with REPLAY_DETECTED (4004).
 #[test]
 fn an_old_record_replayed_later_closes_with_replay_detected() {
     let mut pair = Pair::established();
@@ -85,6 +88,8 @@ fn an_old_record_replayed_later_closes_with_replay_detected() {
     );
 }
 
+/// Clauses: REC-026, RPL-008 — by default strict order is enforced: a record ahead of the next
+/// expected closes with REPLAY_DETECTED (4004).
 #[test]
 fn records_delivered_in_swapped_order_close_with_replay_detected() {
     let mut pair = Pair::established();
@@ -102,6 +107,7 @@ fn records_delivered_in_swapped_order_close_with_replay_detected() {
     );
 }
 
+/// Clauses: REC-026, RPL-008 — by default a gap in the sequence closes with REPLAY_DETECTED (4004).
 #[test]
 fn a_dropped_record_closes_with_replay_detected_at_the_next_one() {
     let mut pair = Pair::established();
@@ -120,6 +126,7 @@ fn a_dropped_record_closes_with_replay_detected_at_the_next_one() {
     );
 }
 
+/// Clauses: REC-025 — the client detects replays too.
 #[test]
 fn replays_from_server_to_client_close_with_replay_detected() {
     let mut pair = Pair::established();
@@ -147,6 +154,8 @@ fn replays_from_server_to_client_close_with_replay_detected() {
     );
 }
 
+/// Clauses: REC-023 — a genuine record of an epoch the receiver left closes with PROTOCOL_VIOLATION
+/// (4010).
 #[test]
 fn a_record_from_an_old_epoch_after_rekey_closes_with_protocol_violation() {
     let mut limits = ConnectionLimits::default();
@@ -176,6 +185,7 @@ fn a_record_from_an_old_epoch_after_rekey_closes_with_protocol_violation() {
     );
 }
 
+/// Clauses: REC-023, REC-033 — the epoch is checked before the sequence number.
 #[test]
 fn an_old_epoch_record_with_a_fresh_sequence_number_still_closes_with_protocol_violation() {
     // The epoch is checked before the sequence number: a stale-epoch header with a
@@ -205,6 +215,8 @@ fn an_old_epoch_record_with_a_fresh_sequence_number_still_closes_with_protocol_v
     );
 }
 
+/// Clauses: RPL-004 — without strict order, unseen values within the window are accepted in any
+/// order.
 #[test]
 fn without_strict_order_reordering_within_the_window_is_accepted() {
     let mut pair = Pair::established_with(&relaxed_peers());
@@ -225,6 +237,8 @@ fn without_strict_order_reordering_within_the_window_is_accepted() {
     assert!(!pair.server.is_closed());
 }
 
+/// Clauses: REC-025, RPL-003 — without strict order a duplicate still closes with REPLAY_DETECTED
+/// (4004).
 #[test]
 fn without_strict_order_a_duplicate_still_closes_with_replay_detected() {
     let mut pair = Pair::established_with(&relaxed_peers());
@@ -245,6 +259,8 @@ fn without_strict_order_a_duplicate_still_closes_with_replay_detected() {
     );
 }
 
+/// Clauses: REC-025, RPL-002, RPL-006 — the record window is 1984 values: WINDOW − 1 behind is
+/// accepted, WINDOW behind is too old.
 #[test]
 fn without_strict_order_a_record_older_than_the_window_closes_with_replay_detected() {
     let mut pair = Pair::established_with(&relaxed_peers());
@@ -270,6 +286,7 @@ fn without_strict_order_a_record_older_than_the_window_closes_with_replay_detect
     );
 }
 
+/// Clauses: REC-024, RPL-001 — 2^62 is refused as past the limit, with or without strict order.
 #[test]
 fn without_strict_order_a_sequence_number_past_the_limit_still_closes_with_sequence_exhausted() {
     let mut pair = Pair::established_with(&relaxed_peers());

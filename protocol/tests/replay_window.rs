@@ -185,11 +185,14 @@ fn run_trace<const B: usize>(ops: &[Op]) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
+    /// Clauses: RPL-001, RPL-002, RPL-003, RPL-004, RPL-005 — the record window decides every
+    /// value, and reports the first reason, exactly as the literal rule.
     #[test]
     fn record_window_matches_model(ops in trace_strategy(32 * 64, RecordWindow::WINDOW)) {
         run_trace::<32>(&ops)?;
     }
 
+    /// Clauses: RPL-001, RPL-002, RPL-003, RPL-004, RPL-005 — the same for the request-id window.
     #[test]
     fn request_id_window_matches_model(ops in trace_strategy(64 * 64, RequestIdWindow::WINDOW)) {
         run_trace::<64>(&ops)?;
@@ -203,6 +206,7 @@ proptest! {
     }
 }
 
+/// Clauses: RPL-006 — the usable windows are 1984 (records) and 4032 (request ids).
 #[test]
 fn window_sizes() {
     assert_eq!(RecordWindow::WINDOW, 31 * 64);
@@ -218,6 +222,7 @@ fn new_and_default_are_empty() {
     assert_eq!(RequestIdWindow::default().highest(), None);
 }
 
+/// Clauses: RPL-003, RPL-004 — 0 is a valid first value, accepted once.
 #[test]
 fn first_value_zero_is_accepted_once() {
     let mut w = RecordWindow::new();
@@ -260,6 +265,7 @@ fn boundary<const B: usize>() {
     }
 }
 
+/// Clauses: RPL-002, RPL-004 — top − v = W − 1 is accepted if unseen, W is too old.
 #[test]
 fn boundary_window_minus_one_accepted_window_too_old() {
     boundary::<32>();
@@ -267,6 +273,8 @@ fn boundary_window_minus_one_accepted_window_too_old() {
     boundary::<2>();
 }
 
+/// Clauses: RPL-002, RPL-005 — a value accepted before that fell out of the window is too old, not
+/// a duplicate.
 #[test]
 fn previously_accepted_value_that_fell_out_is_too_old() {
     let mut w = RecordWindow::new();
@@ -309,6 +317,8 @@ fn huge_jump_then_old<const B: usize>() {
     }
 }
 
+/// Clauses: RPL-002, RPL-004 — after any jump, values skipped inside the new window stay acceptable
+/// and older ones are too old.
 #[test]
 fn huge_jump_then_old_value_is_too_old() {
     huge_jump_then_old::<32>();
@@ -328,6 +338,8 @@ fn jump_within_ring_keeps_values_still_in_window() {
     assert_eq!(w.check(2499), Ok(()));
 }
 
+/// Clauses: RPL-001 — values of 2^62 and above (up to 2^64 − 1) are refused without changing the
+/// window.
 #[test]
 fn sequence_limit() {
     let mut w = RecordWindow::new();

@@ -23,6 +23,9 @@ use toolwire_protocol::{CloseCode, Error, Message};
 
 const MALFORMED: Error = Error::Malformed(Malformed::Message);
 
+/// Named msgpack map entries.
+type Fields = Vec<(&'static str, Vec<u8>)>;
+
 /// One message of every kind with every optional field present.
 fn every_kind() -> Vec<Message> {
     let granted = vec![GrantedTool {
@@ -584,7 +587,7 @@ fn every_integer_format_is_accepted_for_a_value_that_fits() {
 /// malformed, for every required field of every kind (a missing `body` included).
 #[test]
 fn a_missing_required_field_is_malformed() {
-    let required: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let required: Vec<(&str, Fields)> = vec![
         (
             "REQUEST",
             vec![
@@ -819,7 +822,7 @@ fn a_str_field_that_is_not_utf8_is_malformed() {
             "CAP_REQUEST.tools[0]",
             mp::message(
                 "CAP_REQUEST",
-                mp::map(&[("tools", mp::array(&[invalid.clone()]))]),
+                mp::map(&[("tools", mp::array(std::slice::from_ref(&invalid)))]),
             ),
         ),
         (
@@ -1013,7 +1016,7 @@ const BAD_PAYLOAD: Error = Error::Malformed(Malformed::HandshakePayload);
 /// `cap_request` and `resume`) and non-minimal integers are all accepted.
 #[test]
 fn a_client_hello_with_nil_unknown_and_unusual_fields_is_accepted() {
-    let variants: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let variants: Vec<(&str, Fields)> = vec![
         ("nil resume", vec![("resume", mp::nil())]),
         (
             "unknown fields",
@@ -1177,7 +1180,7 @@ fn the_server_hello_is_read_by_the_rules_of_section_1() {
             .max_record_body,
         65_536
     );
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, bool)> = vec![
+    let cases: Vec<(&str, Fields, bool)> = vec![
         (
             "max_record_body 2^32",
             vec![("max_record_body", mp::uint(1 << 32))],

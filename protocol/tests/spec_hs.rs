@@ -388,13 +388,16 @@ fn message_2_of_a_wrong_length_closes_with_handshake_failed() {
     assert_client_refused(pair, result, &BAD_MESSAGE, "65536 bytes");
 }
 
+/// Builds a handshake payload for a static key.
+type PayloadFn = Box<dyn Fn(&[u8; 32]) -> Vec<u8>>;
+
 /// Clauses: HS-012 — a ServerHello that is not well-formed closes with
 /// HANDSHAKE_FAILED (4000) before any identity check.
 #[test]
 fn a_malformed_server_hello_closes_with_handshake_failed() {
     let mut no_params = ServerHelloSpec::honest();
     no_params.params = false;
-    let cases: Vec<(&str, Box<dyn Fn(&[u8; 32]) -> Vec<u8>>)> = vec![
+    let cases: Vec<(&str, PayloadFn)> = vec![
         ("not msgpack", Box::new(|_| vec![0xc1])),
         ("nil", Box::new(|_| mp::nil())),
         ("empty payload", Box::new(|_| Vec::new())),
@@ -479,28 +482,29 @@ pub(crate) fn not_a_point() -> [u8; 32] {
 /// accepts), cut to 63 bytes or padded to 65.
 #[test]
 fn a_server_identity_proof_that_does_not_verify_strictly_closes_with_auth_failed() {
-    let mut cases: Vec<(&str, ServerHelloSpec)> = Vec::new();
-    cases.push((
-        "signed by another identity",
-        ServerHelloSpec {
-            signer: Some(stranger()),
-            ..ServerHelloSpec::honest()
-        },
-    ));
-    cases.push((
-        "client domain",
-        ServerHelloSpec {
-            domain: CLIENT_STATIC_DOMAIN,
-            ..ServerHelloSpec::honest()
-        },
-    ));
-    cases.push((
-        "S + L",
-        ServerHelloSpec {
-            malleate: true,
-            ..ServerHelloSpec::honest()
-        },
-    ));
+    let cases: Vec<(&str, ServerHelloSpec)> = vec![
+        (
+            "signed by another identity",
+            ServerHelloSpec {
+                signer: Some(stranger()),
+                ..ServerHelloSpec::honest()
+            },
+        ),
+        (
+            "client domain",
+            ServerHelloSpec {
+                domain: CLIENT_STATIC_DOMAIN,
+                ..ServerHelloSpec::honest()
+            },
+        ),
+        (
+            "S + L",
+            ServerHelloSpec {
+                malleate: true,
+                ..ServerHelloSpec::honest()
+            },
+        ),
+    ];
     for (name, spec) in cases {
         let (pair, result) = hello_verdict(&spec);
         assert_client_refused(pair, result, &BAD_SIGNATURE, name);
@@ -741,7 +745,7 @@ fn junk_grants(count: usize) -> Vec<String> {
         .collect()
 }
 
-/// Clauses: HS-022, HS-027 — nine presented grants close with HANDSHAKE_FAILED
+/// Clauses: HS-022, HS-027, LIM-013 — nine presented grants close with HANDSHAKE_FAILED
 /// (4000) whatever they contain; eight grants that all fail verification are
 /// disregarded and an allowlisted client is admitted.
 #[test]

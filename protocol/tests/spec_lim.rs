@@ -109,3 +109,38 @@ fn the_handshake_tolerates_30_seconds_of_clock_skew_by_default() {
         }
     }
 }
+
+/// Clauses: LIM-013, HS-022 — at most 8 presented grants count: a handshake with 9
+/// fails (spec_hs), and of the grants of one CAP_REQUEST — verified by
+/// `verify_presented_grants`, which the server driver calls — only the first 8 are
+/// looked at: a valid grant in ninth place is never verified, in eighth place it
+/// counts.
+#[test]
+fn at_most_eight_presented_grants_are_verified() {
+    let peers = Peers::build(
+        |server| server.trust_grant_issuers([issuer().public_key()]),
+        |client| client,
+    );
+    let valid = grant_expired(-3600);
+    let holder = Identity::from_seed(&[0x43; 32]).public_key();
+    for (position, counted) in [(8usize, false), (7, true)] {
+        let mut tokens: Vec<String> = (0..position)
+            .map(|i| format!("v4.public.junk{i}"))
+            .collect();
+        tokens.push(valid.clone());
+        let (grants, rejected) = toolwire_protocol::handshake::verify_presented_grants(
+            &peers.server_config,
+            &tokens,
+            holder,
+            [7; 32],
+            UNIX_TIME,
+        );
+        assert_eq!(
+            grants.len(),
+            usize::from(counted),
+            "valid grant at {position}"
+        );
+        let examined: Vec<usize> = rejected.iter().map(|(index, _)| *index).collect();
+        assert_eq!(examined, (0..position.min(8)).collect::<Vec<usize>>());
+    }
+}

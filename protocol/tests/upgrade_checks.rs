@@ -1,5 +1,6 @@
-//! HTTP upgrade checks (UPG-001..UPG-007) and WebSocket frame checks (UPG-008): what
-//! a server answers to each upgrade request and data message.
+//! HTTP upgrade checks (spec section 2.2) and WebSocket frame checks (section 2.3):
+//! what `check_upgrade` and `check_frame`, which the server driver applies, answer
+//! to each upgrade request and data message.
 
 use toolwire_protocol::upgrade::{
     check_frame, check_upgrade, max_frame_len, FrameKind, FrameViolation, InvalidOrigin,
@@ -27,6 +28,8 @@ fn verdict(policy: &UpgradePolicy, origin: &str) -> Result<&'static str, Upgrade
     check_upgrade(policy, &from_origin(origin))
 }
 
+/// Clauses: TRN-006, TRN-018 — a listed origin offering toolwire.v1 is accepted and exactly
+/// toolwire.v1 is selected.
 #[test]
 fn a_listed_origin_offering_the_subprotocol_is_accepted_and_the_subprotocol_echoed() {
     for origin in [AGENTS, "http://localhost:5173", "http://[::1]:8080"] {
@@ -35,6 +38,7 @@ fn a_listed_origin_offering_the_subprotocol_is_accepted_and_the_subprotocol_echo
     assert_eq!(SUBPROTOCOL, "toolwire.v1");
 }
 
+/// Clauses: TRN-007 — scheme and host compare without regard to ASCII case.
 #[test]
 fn scheme_and_host_compare_case_insensitively() {
     for origin in [
@@ -49,6 +53,7 @@ fn scheme_and_host_compare_case_insensitively() {
     assert_eq!(verdict(&upper, AGENTS), Ok(SUBPROTOCOL));
 }
 
+/// Clauses: TRN-006, TRN-007 — other hosts, schemes and ports are refused with 403.
 #[test]
 fn other_sites_schemes_and_ports_are_refused_with_403() {
     for origin in [
@@ -73,6 +78,7 @@ fn other_sites_schemes_and_ports_are_refused_with_403() {
     }
 }
 
+/// Clauses: TRN-007 — a default port written out is a different origin.
 #[test]
 fn default_ports_are_not_normalized() {
     // Browsers never serialize the default port; an entry must be written the same
@@ -88,6 +94,7 @@ fn default_ports_are_not_normalized() {
     );
 }
 
+/// Clauses: TRN-007 — no wildcard, prefix or suffix matching.
 #[test]
 fn there_are_no_wildcards() {
     let wildcards = UpgradePolicy::default()
@@ -103,6 +110,8 @@ fn there_are_no_wildcards() {
     }
 }
 
+/// Clauses: TRN-008, TRN-009 — values that are not serialized origins (including joined values)
+/// match nothing.
 #[test]
 fn malformed_origin_values_never_match() {
     for origin in [
@@ -127,6 +136,7 @@ fn malformed_origin_values_never_match() {
     }
 }
 
+/// Clauses: TRN-010 — null matches only a literal null entry.
 #[test]
 fn the_null_origin_is_refused_unless_listed_literally() {
     assert_eq!(
@@ -150,6 +160,7 @@ fn the_null_origin_is_refused_unless_listed_literally() {
     );
 }
 
+/// Clauses: TRN-012 — by default no Origin is allowed and a request without Origin is accepted.
 #[test]
 fn by_default_no_browser_origin_is_allowed_but_non_browser_clients_are() {
     let default = UpgradePolicy::default();
@@ -167,6 +178,7 @@ fn by_default_no_browser_origin_is_allowed_but_non_browser_clients_are() {
     assert_eq!(check_upgrade(&default, &agent), Ok(SUBPROTOCOL));
 }
 
+/// Clauses: TRN-013 — a policy requiring Origin refuses a request without one with 403.
 #[test]
 fn a_missing_origin_is_refused_with_403_when_required() {
     let strict = policy().require_origin();
@@ -192,6 +204,8 @@ fn a_missing_origin_is_refused_with_403_when_required() {
     );
 }
 
+/// Clauses: TRN-014, TRN-018 — the offer must contain the exact token toolwire.v1 (400 otherwise),
+/// and only it is selected.
 #[test]
 fn the_subprotocol_must_be_offered_as_an_exact_token() {
     let offered = |list: &str| {
@@ -241,6 +255,7 @@ fn the_subprotocol_must_be_offered_as_an_exact_token() {
     );
 }
 
+/// Clauses: TRN-015 — a request failing both checks is refused as an origin failure (403).
 #[test]
 fn the_origin_is_checked_before_the_subprotocol() {
     let both_bad = UpgradeRequest {
@@ -287,6 +302,7 @@ fn validate_reports_entries_that_can_never_match() {
     );
 }
 
+/// Clauses: TRN-024, TRN-025 — a text message closes with 1003, an oversize one with 1009.
 #[test]
 fn frame_violations_map_to_their_close_codes() {
     assert_eq!(
@@ -301,6 +317,8 @@ fn frame_violations_map_to_their_close_codes() {
     assert_eq!(FrameViolation::Oversize.close_code().0, 1009);
 }
 
+/// Clauses: TRN-025, TRN-026, LIM-002 — binary messages up to 65552 bytes pass; longer ones close
+/// with 1009, also when they are text.
 #[test]
 fn binary_messages_up_to_one_record_pass_and_anything_else_closes() {
     let limits = ConnectionLimits::default();
@@ -331,6 +349,7 @@ fn binary_messages_up_to_one_record_pass_and_anything_else_closes() {
     );
 }
 
+/// Clauses: TRN-025 — the message limit is 16 + the configured record limit.
 #[test]
 fn the_frame_limit_follows_the_record_limit() {
     let mut limits = ConnectionLimits::default();

@@ -588,6 +588,10 @@ fn check_handshake_test(group: &Value, test: &Value) -> Result<(), String> {
     check_first_record(&mut server, &array32(test, "serverToClientKey")?)
 }
 
+/// Clauses: HS-001, HS-003, HS-006, HS-008, HS-009, HS-018, HS-019, HS-031, KS-001, KS-002, REC-003
+/// — the committed transcripts: records 1–3 byte for byte, decrypted hellos, the handshake hash as
+/// session id, and each side's first sealed record opening under k1 (client) or k2 (server); every
+/// committed failure closes with its code.
 #[test]
 fn handshake_vectors() {
     check_file("handshake.json", check_handshake_test);
@@ -764,6 +768,10 @@ fn check_record_file_test(group: &Value, test: &Value) -> Result<(), String> {
     }
 }
 
+/// Clauses: REC-001, REC-002, REC-006, REC-007, REC-008, REC-020, REC-021, REC-022, REC-023,
+/// REC-024, REC-025, REC-026, REC-027, REC-028, REC-032 — the committed sealed records are
+/// reproduced by the sender, and every committed tampered, replayed or malformed record is refused
+/// with its code.
 #[test]
 fn record_vectors() {
     check_file("record.json", check_record_file_test);
@@ -834,6 +842,8 @@ fn check_replay_window_test(group: &Value, test: &Value) -> Result<(), String> {
     }
 }
 
+/// Clauses: RPL-001, RPL-002, RPL-003, RPL-004, RPL-005, RPL-006 — both windows decide every
+/// committed sequence as listed.
 #[test]
 fn replay_window_vectors() {
     check_file("replay_window.json", check_replay_window_test);
@@ -877,6 +887,8 @@ fn check_rekey_test(group: &Value, test: &Value) -> Result<(), String> {
     }
 }
 
+/// Clauses: KS-003, KEY-003, KEY-004, KEY-005 — the committed REKEY chains, KEY_UPDATE encodings
+/// and rekey sequences (with their refusals).
 #[test]
 fn rekey_vectors() {
     check_file("rekey.json", check_rekey_test);
@@ -966,6 +978,8 @@ fn check_envelope_test(group: &Value, test: &Value) -> Result<(), String> {
 
 /// Clauses: ENV-001, ENV-002, ENV-006 — the committed signing bytes, request hashes and
 /// signatures; strict verification refuses small-order keys and S + L.
+/// Clauses: ID-004, ID-005 — S + L, small-order public keys and a 63-byte signature
+/// fail verification.
 #[test]
 fn envelope_vectors() {
     check_file("envelope.json", check_envelope_test);
@@ -1085,6 +1099,9 @@ fn check_message_test(_group: &Value, test: &Value) -> Result<(), String> {
     }
 }
 
+/// Clauses: MSG-001, MSG-002, MSG-003, CNV-001, CNV-006, CNV-007, CNV-008, CNV-009, CNV-011,
+/// CNV-012, CNV-013 — every committed message encodes canonically and decodes as listed; every
+/// invalid one is refused with PROTOCOL_VIOLATION.
 #[test]
 fn messages_vectors() {
     check_file("messages.json", check_message_test);

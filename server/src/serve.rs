@@ -46,13 +46,13 @@ impl Drop for UnauthenticatedSlot {
 
 /// Why a connection is refused before the upgrade completes.
 #[derive(Debug, Clone, Copy)]
-enum Capacity {
+pub(crate) enum Capacity {
     Available,
     PerIpExceeded,
     TotalExceeded,
 }
 
-fn take_slot(inner: &Arc<Inner>, ip: IpAddr) -> (UnauthenticatedSlot, Capacity) {
+pub(crate) fn take_slot(inner: &Arc<Inner>, ip: IpAddr) -> (UnauthenticatedSlot, Capacity) {
     let mut counts = inner
         .unauthenticated
         .lock()
@@ -116,14 +116,30 @@ impl Server {
     /// Serves one accepted byte stream (TCP, TLS, or a stream handed over by an
     /// existing HTTP server): runs the upgrade checks, the handshake and the session
     /// until it closes. Use it to mount toolwire inside an existing tokio application.
-    // The upgrade callback's error type is tungstenite's, fixed by its `Callback` trait.
-    #[allow(clippy::result_large_err)]
     pub async fn accept<S>(&self, stream: S, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let admission = take_slot(&self.inner, peer.ip());
+        let deadline = tokio::time::Instant::now() + self.inner.limits.upgrade_timeout;
+        self.accept_admitted(stream, peer, admission, deadline).await;
+    }
+
+    /// [`accept`](Self::accept) for a connection already counted as unauthenticated,
+    /// whose upgrade must complete by `deadline` (a TLS handshake before it shares
+    /// the deadline, see `tls.rs`).
+    // The upgrade callback's error type is tungstenite's, fixed by its `Callback` trait.
+    #[allow(clippy::result_large_err)]
+    pub(crate) async fn accept_admitted<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        (slot, capacity): (UnauthenticatedSlot, Capacity),
+        deadline: tokio::time::Instant,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let inner = self.inner.clone();
-        let (slot, capacity) = take_slot(&inner, peer.ip());
         let policy = inner.upgrade.clone();
         let callback = move |request: &Request,
                              mut response: Response|
@@ -183,7 +199,7 @@ impl Server {
             .max_frame_size(Some(max_frame));
         let upgrading =
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-        match tokio::time::timeout(inner.limits.upgrade_timeout, upgrading).await {
+        match tokio::time::timeout_at(deadline, upgrading).await {
             Ok(Ok(socket)) => crate::connection::run(inner, socket, peer, slot).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "toolwire upgrade failed"),
             Err(_) => {

@@ -531,6 +531,7 @@ async fn fake_server(select: Option<&'static str>) -> (String, tokio::task::Join
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (stream, _) = listener.accept().await.expect("accept");
         let record = seen.clone();
+        #[allow(clippy::result_large_err)] // tungstenite's callback type
         let callback = move |request: &Request, mut response: Response| {
             record.lock().expect("lock").offered = request
                 .headers()

@@ -562,6 +562,7 @@ pub async fn fake_tool_server(
     let handle = tokio::spawn(async move {
         let mut log = Vec::new();
         let (stream, _) = listener.accept().await.expect("accept");
+        #[allow(clippy::result_large_err)] // tungstenite's callback type
         let callback = |_: &tokio_tungstenite::tungstenite::handshake::server::Request,
                         mut response: tokio_tungstenite::tungstenite::handshake::server::Response| {
             response
@@ -611,9 +612,11 @@ pub async fn fake_tool_server(
                                     .expect("CAP_GRANT");
                             }
                             Event::Message(message) => log.push(FromClient::Message(message)),
-                            Event::Closed { code, side, .. }
-                                if side == toolwire_server::protocol::Side::Remote =>
-                            {
+                            Event::Closed {
+                                code,
+                                side: toolwire_server::protocol::Side::Remote,
+                                ..
+                            } => {
                                 log.push(FromClient::CloseRecord(code));
                             }
                             _ => {}
