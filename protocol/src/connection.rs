@@ -267,7 +267,7 @@ impl Connection {
                 {
                     let nonce = self.next_ping_nonce;
                     self.next_ping_nonce = self.next_ping_nonce.wrapping_add(1);
-                    self.send(now, Message::Ping(Ping { nonce }))?;
+                    self.send_unchecked(now, Message::Ping(Ping { nonce }))?;
                 }
                 Ok(())
             }
@@ -333,7 +333,7 @@ impl Connection {
         self.last_received = now;
         match message {
             Message::KeyUpdate(_) | Message::Pong(_) => Ok(()),
-            Message::Ping(ping) => self.send(now, Message::Pong(ping)),
+            Message::Ping(ping) => self.send_unchecked(now, Message::Pong(ping)),
             Message::Close(close) => {
                 let code = close.close_code();
                 self.closed = Some((code, Side::Remote));
@@ -376,15 +376,56 @@ impl Connection {
         }
     }
 
-    /// Sends one application message.
+    /// Sends one application message: a kind this connection's role may send
+    /// (MSG-005). Key updates, PONGs and CLOSE are the connection's own business; use
+    /// [`close`](Self::close) to close.
     ///
     /// # Errors
+    /// [`LocalError::NotAllowedForRole`] for a kind this role may not send (nothing is
+    /// sent; the connection stays open);
     /// [`LocalError::NotEstablished`] before the handshake completes;
     /// [`LocalError::MessageTooLarge`] for a message that does not fit in a record
     /// (the connection stays open); [`Error::Closed`] after the close;
     /// [`Error::LimitExceeded`] when the sequence space is used up (the connection is
     /// closed with SEQUENCE_EXHAUSTED).
     pub fn send(&mut self, now: Instant, message: Message) -> Result<(), Error> {
+        if let Some((code, side)) = self.closed {
+            return Err(Error::Closed { code, side });
+        }
+        if !self.may_send(&message) {
+            return Err(Error::Local(LocalError::NotAllowedForRole {
+                kind: message.kind(),
+            }));
+        }
+        self.send_unchecked(now, message)
+    }
+
+    /// MSG-005: the kinds each role may send (the "sent by" column of the spec), plus
+    /// PING, which either side may send to probe the connection.
+    fn may_send(&self, message: &Message) -> bool {
+        match self.role {
+            Role::Client => matches!(
+                message,
+                Message::Request(_)
+                    | Message::Cancel(_)
+                    | Message::CapRequest(_)
+                    | Message::Error(_)
+                    | Message::Ping(_)
+            ),
+            Role::Server => matches!(
+                message,
+                Message::CapGrant(_)
+                    | Message::CapUpdate(_)
+                    | Message::Response(_)
+                    | Message::StreamItem(_)
+                    | Message::Error(_)
+                    | Message::Ping(_)
+            ),
+        }
+    }
+
+    /// Seals any message kind; the connection's own PINGs and PONGs go through here.
+    pub(crate) fn send_unchecked(&mut self, now: Instant, message: Message) -> Result<(), Error> {
         if let Some((code, side)) = self.closed {
             return Err(Error::Closed { code, side });
         }

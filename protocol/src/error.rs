@@ -197,6 +197,14 @@ pub enum LocalError {
         /// Maximum plaintext per record.
         limit: usize,
     },
+    /// The message kind may not be sent by this connection's role (MSG-005): a client
+    /// never sends CAP_GRANT, a server never sends REQUEST, and KEY_UPDATE, PONG and
+    /// CLOSE are sent by the connection itself.
+    #[error("a {kind} message may not be sent by this side")]
+    NotAllowedForRole {
+        /// The message kind.
+        kind: &'static str,
+    },
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -329,6 +337,10 @@ mod tests {
                 Some(C::NORMAL),
             ),
             (Error::Local(LocalError::NotEstablished), None),
+            (
+                Error::Local(LocalError::NotAllowedForRole { kind: "CAP_GRANT" }),
+                None,
+            ),
             (
                 Error::Local(LocalError::MessageTooLarge { size: 2, limit: 1 }),
                 None,

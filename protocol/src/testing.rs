@@ -269,3 +269,16 @@ pub fn set_transport_next_send_seq_for_testing_only(
 ) {
     transport.set_next_send_seq(seq);
 }
+
+/// Sends any message kind, including those the connection's role may not send
+/// (MSG-005), to play a misbehaving peer.
+///
+/// # Errors
+/// As [`Connection::send`], without the role check.
+pub fn send_any_kind_for_testing_only(
+    connection: &mut Connection,
+    now: Instant,
+    message: crate::Message,
+) -> Result<(), crate::Error> {
+    connection.send_unchecked(now, message)
+}

@@ -121,7 +121,7 @@ fn established(peers: &FixedPeers) -> (Connection, Connection, [u8; 32]) {
 /// the `sealed_record` target expects).
 fn client_record(peers: &FixedPeers, message: Message) -> Vec<u8> {
     let (mut client, _, _) = established(peers);
-    client.send(Instant::now(), message).expect("send");
+    testing::send_any_kind_for_testing_only(&mut client, Instant::now(), message).expect("send");
     client.poll_transmit().expect("sealed record")
 }
 

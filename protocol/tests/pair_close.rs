@@ -217,7 +217,12 @@ const VIOLATION: Error = Error::PeerMisbehaved(Misbehavior::UnexpectedMessage);
 fn client_sending_a_server_message_closes_with_protocol_violation() {
     for message in server_only_messages() {
         let mut pair = Pair::established();
-        pair.client.send(pair.now, message.clone()).expect("sealed");
+        toolwire_protocol::testing::send_any_kind_for_testing_only(
+            &mut pair.client,
+            pair.now,
+            message.clone(),
+        )
+        .expect("sealed");
         let result = pair.flush_client_to_server().map(drop);
         assert_error(result, &VIOLATION, CloseCode::PROTOCOL_VIOLATION);
         assert_closed(
@@ -249,7 +254,12 @@ fn client_sending_a_server_message_closes_with_protocol_violation() {
 fn server_sending_a_client_message_closes_with_protocol_violation() {
     for message in client_only_messages() {
         let mut pair = Pair::established();
-        pair.server.send(pair.now, message.clone()).expect("sealed");
+        toolwire_protocol::testing::send_any_kind_for_testing_only(
+            &mut pair.server,
+            pair.now,
+            message.clone(),
+        )
+        .expect("sealed");
         let result = pair.flush_server_to_client().map(drop);
         assert_error(result, &VIOLATION, CloseCode::PROTOCOL_VIOLATION);
         assert_closed(

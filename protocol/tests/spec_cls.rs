@@ -60,7 +60,12 @@ fn every_failure_close_is_an_authenticated_close_with_the_code_and_no_reason() {
     let peers = Peers::with_limits(&limits);
     let (mut pair, tap) = established_and_tapped(&peers);
     let mut unexpected = clone_established_for_testing_only(&pair.client).expect("open");
-    unexpected.send(pair.now, response(0, b"")).expect("sealed");
+    toolwire_protocol::testing::send_any_kind_for_testing_only(
+        &mut unexpected,
+        pair.now,
+        response(0, b""),
+    )
+    .expect("sealed");
     let unexpected = unexpected.poll_transmit().expect("record");
     let mut garbage = clone_established_for_testing_only(&pair.client).expect("open");
     let garbage = seal_raw_for_testing_only(&mut garbage, b"\xc1").expect("sealed");

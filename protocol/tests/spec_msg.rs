@@ -237,3 +237,79 @@ fn no_error_closes_the_connection() {
     pair.server_sends(response(1, &[0xc0]));
     assert!(!pair.client.is_closed() && !pair.server.is_closed());
 }
+
+/// Clauses: MSG-005 — `Connection::send` refuses every kind the sender's role may not
+/// send, with a local error that sends nothing and leaves the connection open; the
+/// kinds the role may send still go out.
+#[test]
+fn send_refuses_kinds_the_role_may_not_send() {
+    use toolwire_protocol::error::LocalError;
+    use toolwire_protocol::message::{Cancel, CapRequest, Close, KeyUpdate, Ping};
+    let mut pair = Pair::established();
+    let client_forbidden = [
+        Message::Response(Response {
+            id: 1,
+            result: vec![0x90].into(),
+            signature: None,
+        }),
+        Message::StreamItem(StreamItem {
+            id: 1,
+            index: 0,
+            data: vec![0x90].into(),
+        }),
+        Message::KeyUpdate(KeyUpdate { epoch: 1 }),
+        Message::Pong(Ping { nonce: 1 }),
+        Message::Close(Close {
+            code: 1000,
+            reason: String::new(),
+        }),
+    ];
+    for message in client_forbidden {
+        let kind = message.kind();
+        assert_eq!(
+            pair.client.send(pair.now, message),
+            Err(Error::Local(LocalError::NotAllowedForRole { kind })),
+            "client sending {kind}"
+        );
+    }
+    let server_forbidden = [
+        Message::Request(Request {
+            id: 1,
+            tool: "echo".into(),
+            args: vec![0x90].into(),
+            grant_id: None,
+            deadline_ms: None,
+            signature: None,
+            retry: false,
+        }),
+        Message::Cancel(Cancel { id: 1 }),
+        Message::CapRequest(CapRequest::default()),
+        Message::KeyUpdate(KeyUpdate { epoch: 1 }),
+    ];
+    for message in server_forbidden {
+        let kind = message.kind();
+        assert_eq!(
+            pair.server.send(pair.now, message),
+            Err(Error::Local(LocalError::NotAllowedForRole { kind })),
+            "server sending {kind}"
+        );
+    }
+    assert!(
+        pair.client.poll_transmit().is_none(),
+        "nothing was sealed by the client"
+    );
+    assert!(
+        pair.server.poll_transmit().is_none(),
+        "nothing was sealed by the server"
+    );
+    assert!(!pair.client.is_closed() && !pair.server.is_closed());
+    pair.client
+        .send(pair.now, Message::Cancel(Cancel { id: 7 }))
+        .expect("a client may send CANCEL");
+    pair.server
+        .send(pair.now, error(Some(7), ErrorCode::CANCELLED.0))
+        .expect("a server may send ERROR");
+    pair.client
+        .send(pair.now, Message::CapRequest(CapRequest::default()))
+        .expect("a client may send CAP_REQUEST");
+}
