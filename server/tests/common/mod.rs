@@ -488,9 +488,13 @@ impl RawClient {
 
     /// Seals `message` as the next record without sending it.
     pub(crate) fn seal(&mut self, message: Message) -> Vec<u8> {
-        self.conn
-            .send(Instant::now(), message)
-            .expect("message seals");
+        // Any kind: these tests play misbehaving peers too (MSG-005 is the sender's duty).
+        toolwire_protocol::testing::send_any_kind_for_testing_only(
+            &mut self.conn,
+            Instant::now(),
+            message,
+        )
+        .expect("message seals");
         let record = self.conn.poll_transmit().expect("one sealed record");
         assert!(self.conn.poll_transmit().is_none(), "exactly one record");
         record

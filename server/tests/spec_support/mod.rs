@@ -347,7 +347,12 @@ impl RawClient {
 
     /// Seals `message` as the next record without sending it.
     pub fn seal(&mut self, message: Message) -> Vec<u8> {
-        self.conn.send(Instant::now(), message).expect("seals");
+        toolwire_protocol::testing::send_any_kind_for_testing_only(
+            &mut self.conn,
+            Instant::now(),
+            message,
+        )
+        .expect("seals");
         let record = self.conn.poll_transmit().expect("a record");
         assert!(self.conn.poll_transmit().is_none());
         record
