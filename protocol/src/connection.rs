@@ -355,25 +355,13 @@ impl Connection {
         }
     }
 
-    /// MSG-004: which application messages each role may receive.
+    /// MSG-004: a receiver accepts exactly the kinds the peer's role may send.
     fn may_receive(&self, message: &Message) -> bool {
-        match self.role {
-            Role::Server => matches!(
-                message,
-                Message::Request(_)
-                    | Message::Cancel(_)
-                    | Message::CapRequest(_)
-                    | Message::Error(_)
-            ),
-            Role::Client => matches!(
-                message,
-                Message::CapGrant(_)
-                    | Message::CapUpdate(_)
-                    | Message::Response(_)
-                    | Message::StreamItem(_)
-                    | Message::Error(_)
-            ),
-        }
+        let peer = match self.role {
+            Role::Client => Role::Server,
+            Role::Server => Role::Client,
+        };
+        role_may_send(peer, message)
     }
 
     /// Sends one application message: a kind this connection's role may send
@@ -400,28 +388,8 @@ impl Connection {
         self.send_unchecked(now, message)
     }
 
-    /// MSG-005: the kinds each role may send (the "sent by" column of the spec), plus
-    /// PING, which either side may send to probe the connection.
     fn may_send(&self, message: &Message) -> bool {
-        match self.role {
-            Role::Client => matches!(
-                message,
-                Message::Request(_)
-                    | Message::Cancel(_)
-                    | Message::CapRequest(_)
-                    | Message::Error(_)
-                    | Message::Ping(_)
-            ),
-            Role::Server => matches!(
-                message,
-                Message::CapGrant(_)
-                    | Message::CapUpdate(_)
-                    | Message::Response(_)
-                    | Message::StreamItem(_)
-                    | Message::Error(_)
-                    | Message::Ping(_)
-            ),
-        }
+        role_may_send(self.role, message)
     }
 
     /// Seals any message kind; the connection's own PINGs and PONGs go through here.
@@ -576,5 +544,30 @@ impl Connection {
             now,
             unix_now,
         )
+    }
+}
+
+/// MSG-004/MSG-005: the kinds each role may send (the "sent by" column of the spec),
+/// plus PING, which either side may send to probe the connection. KEY_UPDATE, PONG and
+/// CLOSE are sent by the connection itself and are handled before this check.
+fn role_may_send(role: Role, message: &Message) -> bool {
+    match role {
+        Role::Client => matches!(
+            message,
+            Message::Request(_)
+                | Message::Cancel(_)
+                | Message::CapRequest(_)
+                | Message::Error(_)
+                | Message::Ping(_)
+        ),
+        Role::Server => matches!(
+            message,
+            Message::CapGrant(_)
+                | Message::CapUpdate(_)
+                | Message::Response(_)
+                | Message::StreamItem(_)
+                | Message::Error(_)
+                | Message::Ping(_)
+        ),
     }
 }
