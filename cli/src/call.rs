@@ -21,7 +21,7 @@ pub(crate) struct ConnectArgs {
     identity: PathBuf,
     /// The server's identity key: the connection is refused unless the server
     /// proves it holds this key.
-    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     server_key: IdentityKey,
     /// A capability grant to present (a token from `toolwire grant issue`; repeatable).
     #[arg(long = "grant", value_name = "TOKEN")]

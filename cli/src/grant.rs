@@ -26,11 +26,11 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "FILE")]
     issuer: PathBuf,
     /// The identity key of the agent that may use the grant.
-    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     holder: IdentityKey,
     /// The identity key of the tool server the grant is for (default with --parent:
     /// the parent's).
-    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key, required_unless_present = "parent")]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key, required_unless_present = "parent")]
     audience: Option<IdentityKey>,
     /// Tools granted, comma-separated; `*` means every tool.
     #[arg(long, value_name = "TOOLS", value_delimiter = ',', required = true)]

@@ -23,7 +23,9 @@ macro_rules! errln {
     };
 }
 
+mod audit;
 mod call;
+mod conformance;
 mod demo;
 mod error;
 mod grant;
@@ -45,7 +47,7 @@ use std::process::ExitCode;
     name = "toolwire",
     version,
     about = "Secure tool calls for AI agents over WebSockets: keys, a tool server, an agent, grants, and a demo of the defences.",
-    after_help = "Start with `toolwire demo`.\n\nExit status: 0 success, 1 failure (call refused, demo check failed, I/O error), 2 invalid command line, 3 could not connect or the handshake failed."
+    after_help = "Start with `toolwire demo`.\n\nExit status: 0 success, 1 failure (call refused, demo check failed, audit log rejected, I/O error), 2 invalid command line, 3 could not connect or the handshake failed."
 )]
 struct Cli {
     /// More log output on stderr: -v info, -vv debug, -vvv trace. RUST_LOG, when
@@ -76,6 +78,14 @@ enum Command {
     /// attacks and shows how each is refused. Exit status 0 only if every call
     /// succeeded and every attack was refused with its specified code.
     Demo(demo::DemoArgs),
+    /// Checks a server's audit log: the hash chain, the signed heads and the
+    /// request and response signatures it holds.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Runs the conformance suite: an adversarial client against a live server
+    /// (`server`), or the trace of cases to specification clauses (`trace`).
+    #[command(subcommand)]
+    Conformance(conformance::ConformanceCommand),
 }
 
 impl Command {
@@ -131,6 +141,20 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => block_on(serve::run(args))?.map(done),
         Command::Call(args) => block_on(call::run_call(args))?.map(done),
         Command::Tools(args) => block_on(call::run_tools(args))?.map(done),
+        Command::Audit(command) => audit::run(command).map(|verified| {
+            if verified {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(error::EXIT_FAILURE)
+            }
+        }),
+        Command::Conformance(command) => block_on(conformance::run(command))?.map(|passed| {
+            if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(error::EXIT_FAILURE)
+            }
+        }),
         Command::Demo(args) => block_on(demo::run(&args))?.map(|passed| {
             if passed {
                 ExitCode::SUCCESS
@@ -161,5 +185,57 @@ mod tests {
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    /// A base64url key may start with `-`; every key option must still take it.
+    #[test]
+    fn key_options_accept_keys_that_start_with_a_hyphen() {
+        let key = "-jGhwo6UT4MsOI0s4OP9RBOJfSHOiIxzKSjpjIGblD8";
+        let url = "ws://127.0.0.1:1/toolwire";
+        let command_lines: [&[&str]; 4] = [
+            &[
+                "toolwire",
+                "call",
+                url,
+                "echo",
+                "{}",
+                "--identity",
+                "a.key",
+                "--server-key",
+                key,
+            ],
+            &[
+                "toolwire",
+                "tools",
+                url,
+                "--identity",
+                "a.key",
+                "--server-key",
+                key,
+            ],
+            &[
+                "toolwire",
+                "serve",
+                "--identity",
+                "s.key",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-client",
+                key,
+            ],
+            &[
+                "toolwire",
+                "audit",
+                "verify",
+                "audit.jsonl",
+                "--server-key",
+                key,
+            ],
+        ];
+        for command_line in command_lines {
+            if let Err(error) = Cli::try_parse_from(command_line) {
+                panic!("{command_line:?}: {error}");
+            }
+        }
     }
 }

@@ -26,10 +26,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "PUBLIC_URL")]
     url: Option<String>,
     /// A client identity key allowed to call every tool (repeatable).
-    #[arg(long = "allow-client", value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long = "allow-client", value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     allow_clients: Vec<IdentityKey>,
     /// Trust capability grants signed by this key (repeatable).
-    #[arg(long = "grant-issuer", value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long = "grant-issuer", value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     grant_issuers: Vec<IdentityKey>,
     /// A browser origin allowed to connect (repeatable), written as the browser
     /// sends it: scheme://host or scheme://host:port. Default: none; requests from
@@ -39,7 +39,16 @@ pub(crate) struct ServeArgs {
     /// Folder `read_file` may read inside. Without it, `read_file` is not offered.
     #[arg(long, value_name = "DIR")]
     sandbox: Option<PathBuf>,
+    /// Keep an audit log: one hash-chained JSON line per call decision with the
+    /// signed request and response, and heads signed by the server key. An existing
+    /// log is continued. Check it with `toolwire audit verify PATH --server-key KEY`.
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<PathBuf>,
 }
+
+/// On Ctrl-C, how long calls in flight may still run before they are answered
+/// UNAVAILABLE and the connections closed (GOING_AWAY).
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) async fn run(args: ServeArgs) -> CliResult {
     let identity = identity_file::read(&args.identity)?;
@@ -92,6 +101,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     for tool in tools {
         builder = builder.tool(tool);
     }
+    if let Some(path) = &args.audit_log {
+        builder = builder.audit_log(path);
+    }
     let server = builder
         .build()
         .map_err(|error| CliError::new(format!("invalid server configuration: {error}")))?;
@@ -116,6 +128,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if let Some(root) = sandbox_root {
         outln!("  sandbox      {}", root.display());
     }
+    if let Some(path) = &args.audit_log {
+        outln!("  audit log    {}", path.display());
+    }
     outln!("An agent calls it with:");
     outln!(
         "  toolwire call {url} echo '{{\"text\":\"hi\"}}' --identity AGENT.key --server-key {key}"
@@ -128,7 +143,23 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         }
         signal = tokio::signal::ctrl_c() => {
             signal.map_err(|error| CliError::new(format!("cannot wait for Ctrl-C: {error}")))?;
-            errln!("stopping");
+            errln!(
+                "stopping: calls in flight may finish for up to {} s",
+                SHUTDOWN_DEADLINE.as_secs()
+            );
+            let report = server.shutdown(SHUTDOWN_DEADLINE).await.map_err(|error| {
+                CliError::new(format!("stopped, but the audit log is incomplete: {error}"))
+            })?;
+            if report.interrupted_calls > 0 {
+                errln!("{} call(s) interrupted (answered UNAVAILABLE)", report.interrupted_calls);
+            }
+            if let Some(audit) = report.audit {
+                errln!(
+                    "audit log {}: {} entries written, ending with a signed head",
+                    audit.path.display(),
+                    audit.entries
+                );
+            }
             Ok(())
         }
     }

@@ -1,16 +1,19 @@
-//! `toolwire demo --json`: every legitimate call succeeds and every attack is refused
-//! with the code the protocol specifies.
+//! `toolwire demo --json`: every legitimate call succeeds, every attack is refused
+//! with the code the protocol specifies, and after a graceful shutdown the server's
+//! audit log verifies while altered copies are rejected (AUD-007, AUD-009).
 
 mod common;
 
-use common::{run, toolwire};
+use common::{run, toolwire, Scratch};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 #[test]
 fn demo_calls_succeed_and_every_attack_is_refused_with_its_code() {
+    let scratch = Scratch::new("demo");
+    let kept = scratch.path("demo-audit.jsonl");
     let mut command = toolwire();
-    command.args(["demo", "--json"]);
+    command.args(["demo", "--json", "--audit-log"]).arg(&kept);
     let output = run(command, Duration::from_secs(90));
     let report: serde_json::Value = serde_json::from_str(&output.stdout).unwrap_or_else(|error| {
         panic!(
@@ -66,6 +69,47 @@ fn demo_calls_succeed_and_every_attack_is_refused_with_its_code() {
     #[cfg(unix)]
     assert!(skipped.is_empty(), "skipped: {skipped:?}");
 
+    let audit = &report["audit"];
+    assert_eq!(audit["shutdown"], true, "{audit}");
+    assert_eq!(audit["verified"], true, "{audit}");
+    assert_eq!(audit["unsigned_tail"], 0, "{audit}");
+    assert_eq!(audit["signatures_unchecked"], 0, "{audit}");
+    assert!(audit["heads"].as_u64().unwrap_or(0) >= 2, "{audit}");
+    // One entry per decision: at least the legitimate calls and the refused ones.
+    assert!(audit["calls"].as_u64().unwrap_or(0) >= 20, "{audit}");
+    assert!(
+        audit["signatures_verified"].as_u64().unwrap_or(0) >= 10,
+        "{audit}"
+    );
+    let tampered = audit["tampered"].as_array().expect("tampered copies");
+    let kinds: BTreeSet<&str> = tampered
+        .iter()
+        .map(|copy| {
+            assert_eq!(copy["rejected"], true, "{copy}");
+            assert_eq!(copy["observed"], copy["expected"], "{copy}");
+            let observed = copy["observed"].as_str().unwrap_or("");
+            observed.split(" at line").next().unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["BadRequestSignature", "BrokenChain"]),
+        "{audit}"
+    );
+    assert_eq!(audit["ok"], true);
+
+    // The kept copy verifies with `toolwire audit verify` and the printed server key.
+    let key = report["server"]["key"].as_str().expect("server key");
+    let mut command = toolwire();
+    command
+        .args(["audit", "verify", "--json", "--server-key", key])
+        .arg(&kept);
+    let verified = run(command, Duration::from_secs(30));
+    assert!(verified.status.success(), "{}", verified.stdout);
+    let summary: serde_json::Value = serde_json::from_str(&verified.stdout).expect("JSON");
+    assert_eq!(summary["calls"], audit["calls"]);
+    assert_eq!(summary["heads"], audit["heads"]);
+
     assert_eq!(report["ok"], true);
     assert!(output.status.success(), "exit status {}", output.status);
 }
@@ -88,6 +132,11 @@ fn demo_prints_a_table_by_default() {
         "verdict",
         "refused",
         "DECRYPT_FAILED",
+        "graceful shutdown",
+        "BadRequestSignature at line",
+        "BrokenChain at line",
+        "audit log: ",
+        "all signatures verified",
     ] {
         assert!(
             output.stdout.contains(needle),

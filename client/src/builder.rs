@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::Connector;
 use toolwire_protocol::message::CapRequest;
 use toolwire_protocol::{ClientConfig, ConnectionLimits, Identity, IdentityKey, SUBPROTOCOL};
 
@@ -31,6 +32,7 @@ pub struct ClientBuilder {
     sign_requests: bool,
     allow_plaintext: bool,
     origin: Option<String>,
+    tls_roots: crate::tls::TlsRoots,
 }
 
 impl Default for ClientBuilder {
@@ -46,6 +48,7 @@ impl Default for ClientBuilder {
             sign_requests: true,
             allow_plaintext: false,
             origin: None,
+            tls_roots: crate::tls::TlsRoots::default(),
         }
     }
 }
@@ -94,6 +97,56 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts an extra TLS root certificate (DER-encoded X.509) for `wss://`, for
+    /// a server whose certificate a private CA issued (or a self-signed one). The
+    /// certificate is checked when connecting: an invalid one fails
+    /// [`connect`](Self::connect) with [`ConnectError::Tls`].
+    ///
+    /// TLS protects the URL path and upgrade headers; the server itself is
+    /// authenticated by its pinned identity key ([`pin_server`](Self::pin_server)),
+    /// whatever its certificate.
+    pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.tls_roots.added.push(der.into());
+        self
+    }
+
+    /// Trusts every `CERTIFICATE` of `pem` as a TLS root for `wss://`, as
+    /// [`add_root_certificate`](Self::add_root_certificate) does for one.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use toolwire_client::{Client, protocol::Identity};
+    /// # let identity = Identity::generate(&mut rand_core::OsRng);
+    /// # let server_key = "CpeWKVTQpomJ2y54KVBYPNcgXQV4JKSsWPa2ZQ6Ghe0".parse()?;
+    /// let session = Client::builder()
+    ///     .identity(identity)
+    ///     .pin_server(server_key)
+    ///     .root_certificates_pem(&std::fs::read("private-ca.pem")?)?
+    ///     .builtin_root_certificates(false)
+    ///     .connect("wss://tools.internal.example/toolwire")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ConnectError::Tls`] when `pem` is not PEM or holds no `CERTIFICATE` block.
+    pub fn root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, ConnectError> {
+        self.tls_roots
+            .added
+            .extend(crate::tls::pem_certificates(pem)?);
+        Ok(self)
+    }
+
+    /// Whether `wss://` trusts the built-in roots: Mozilla's root store, compiled in
+    /// (the `webpki-roots` crate). Default `true`. Turn them off to trust only the
+    /// roots added with [`add_root_certificate`](Self::add_root_certificate) or
+    /// [`root_certificates_pem`](Self::root_certificates_pem), for a server that
+    /// only a private CA vouches for.
+    pub fn builtin_root_certificates(mut self, enabled: bool) -> Self {
+        self.tls_roots.builtin = enabled;
+        self
+    }
+
     /// Options that weaken security.
     pub fn dangerous(self) -> DangerousClientBuilder {
         DangerousClientBuilder { builder: self }
@@ -104,9 +157,16 @@ impl ClientBuilder {
     /// `url` is bound into the handshake: it must be exactly the public URL the
     /// server is configured with, or the handshake fails (HANDSHAKE_FAILED).
     ///
+    /// A `wss://` URL runs TLS first, verifying the server's certificate for the
+    /// URL's host against the built-in roots and the added ones (TRN-004). Plain
+    /// `ws://` is accepted only to loopback hosts unless
+    /// [`dangerous().allow_plaintext()`](DangerousClientBuilder::allow_plaintext)
+    /// (TRN-001..TRN-003); any other URL is refused before a TCP connection opens.
+    ///
     /// # Errors
     /// [`ConnectError`] for an insecure or invalid URL, a missing identity or pinned
-    /// key, a refused upgrade, a failed handshake (with its close code), or a timeout.
+    /// key, a failed TLS handshake ([`ConnectError::Tls`]), a refused upgrade, a
+    /// failed handshake (with its close code), or a timeout.
     pub async fn connect(self, url: &str) -> Result<Session, ConnectError> {
         let identity = self
             .identity
@@ -114,7 +174,7 @@ impl ClientBuilder {
         if self.trusted_servers.is_empty() {
             return Err(ConnectError::Config("pin at least one server identity key"));
         }
-        check_url(url, self.allow_plaintext)?;
+        let tls = check_url(url, self.allow_plaintext)?;
         let mut request = url
             .into_client_request()
             .map_err(|error| ConnectError::InsecureOrInvalidUrl(error.to_string()))?;
@@ -130,7 +190,12 @@ impl ClientBuilder {
         let config = ClientConfig::new(identity, self.trusted_servers, url, &mut rand_core::OsRng)
             .with_cap_request(self.cap_request)
             .with_limits(self.limits.clone());
-        session::open(request, Arc::new(config), self.sign_requests).await
+        let connector = if tls {
+            Connector::Rustls(self.tls_roots.client_config()?)
+        } else {
+            Connector::Plain
+        };
+        session::open(request, Arc::new(config), self.sign_requests, connector).await
     }
 }
 
@@ -163,8 +228,9 @@ impl DangerousClientBuilder {
     }
 }
 
-/// TRN-00x: `wss://` anywhere, `ws://` only to loopback unless explicitly allowed.
-fn check_url(url: &str, allow_plaintext: bool) -> Result<(), ConnectError> {
+/// TRN-001..TRN-003: `wss://` anywhere, `ws://` only to loopback unless explicitly
+/// allowed. `Ok(true)` when the URL needs TLS.
+fn check_url(url: &str, allow_plaintext: bool) -> Result<bool, ConnectError> {
     let uri: Uri = url
         .parse()
         .map_err(|_| ConnectError::InsecureOrInvalidUrl(format!("`{url}` is not a URL")))?;
@@ -172,10 +238,8 @@ fn check_url(url: &str, allow_plaintext: bool) -> Result<(), ConnectError> {
         .host()
         .ok_or_else(|| ConnectError::InsecureOrInvalidUrl(format!("`{url}` has no host")))?;
     match uri.scheme_str() {
-        Some("wss") => Err(ConnectError::InsecureOrInvalidUrl(
-            "wss:// needs TLS support, which this build does not include yet".into(),
-        )),
-        Some("ws") if allow_plaintext || is_loopback(host) => Ok(()),
+        Some("wss") => Ok(true),
+        Some("ws") if allow_plaintext || is_loopback(host) => Ok(false),
         Some("ws") => Err(ConnectError::InsecureOrInvalidUrl(format!(
             "plain ws:// to `{host}`, which is not loopback: use wss:// (or dangerous().allow_plaintext())"
         ))),
@@ -198,17 +262,63 @@ mod tests {
 
     #[test]
     fn plaintext_is_refused_off_loopback() {
-        assert!(check_url("ws://127.0.0.1:1/x", false).is_ok());
-        assert!(check_url("ws://[::1]:1/x", false).is_ok());
-        assert!(check_url("ws://localhost:1/x", false).is_ok());
-        assert!(matches!(
-            check_url("ws://tools.example/x", false),
-            Err(ConnectError::InsecureOrInvalidUrl(_))
-        ));
-        assert!(check_url("ws://tools.example/x", true).is_ok());
+        assert!(matches!(check_url("ws://127.0.0.1:1/x", false), Ok(false)));
+        assert!(matches!(check_url("ws://127.1.2.3:1/x", false), Ok(false)));
+        assert!(matches!(check_url("ws://[::1]:1/x", false), Ok(false)));
+        assert!(matches!(check_url("ws://localhost:1/x", false), Ok(false)));
+        assert!(matches!(check_url("ws://LocalHost:1/x", false), Ok(false)));
+        for url in [
+            "ws://tools.example/x",
+            "ws://10.0.0.1/x",
+            "ws://[::2]/x",
+            "ws://localhost.example/x",
+            "ws://127.0.0.1.nip.io/x",
+        ] {
+            assert!(
+                matches!(
+                    check_url(url, false),
+                    Err(ConnectError::InsecureOrInvalidUrl(_))
+                ),
+                "{url}"
+            );
+        }
+        assert!(matches!(check_url("ws://tools.example/x", true), Ok(false)));
         assert!(matches!(
             check_url("http://127.0.0.1/x", false),
             Err(ConnectError::InsecureOrInvalidUrl(_))
+        ));
+    }
+
+    #[test]
+    fn tls_is_used_for_wss_anywhere() {
+        assert!(matches!(
+            check_url("wss://tools.example/x", false),
+            Ok(true)
+        ));
+        assert!(matches!(
+            check_url("wss://127.0.0.1:8443/x", false),
+            Ok(true)
+        ));
+        for url in ["https://tools.example/x", "wss:///x", "tools.example/x"] {
+            assert!(
+                matches!(
+                    check_url(url, false),
+                    Err(ConnectError::InsecureOrInvalidUrl(_))
+                ),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn root_certificates_pem_refuses_what_is_not_a_certificate() {
+        assert!(matches!(
+            Client::builder().root_certificates_pem(b"-----BEGIN NOTHING"),
+            Err(ConnectError::Tls(_))
+        ));
+        assert!(matches!(
+            Client::builder().root_certificates_pem(b""),
+            Err(ConnectError::Tls(_))
         ));
     }
 }

@@ -17,6 +17,12 @@ pub enum ConnectError {
     /// 403 for a foreign Origin).
     #[error("WebSocket connection failed: {0}")]
     WebSocket(String),
+    /// The TLS configuration is unusable (an invalid root certificate or PEM data),
+    /// or the TLS handshake of a `wss://` connection failed: the server's certificate
+    /// is not valid for the URL's host or not issued by a trusted root, or the server
+    /// does not speak TLS. No upgrade request was sent.
+    #[error("TLS failed: {0}")]
+    Tls(String),
     /// The server did not echo the `toolwire.v1` subprotocol.
     #[error("server did not accept the toolwire.v1 subprotocol")]
     SubprotocolNotAccepted,

@@ -25,6 +25,7 @@
 mod builder;
 mod error;
 mod session;
+mod tls;
 
 pub use builder::{Client, ClientBuilder, DangerousClientBuilder};
 pub use error::{CallError, ConnectError};

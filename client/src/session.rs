@@ -355,7 +355,9 @@ pub(crate) async fn open(
     request: UpgradeRequest,
     config: Arc<ClientConfig>,
     sign_requests: bool,
+    connector: tokio_tungstenite::Connector,
 ) -> Result<Session, ConnectError> {
+    let tls = matches!(connector, tokio_tungstenite::Connector::Rustls(_));
     let max_record = HEADER_LEN + config.limits().max_record_body;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
@@ -363,11 +365,16 @@ pub(crate) async fn open(
         .max_frame_size(Some(max_record))
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024);
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config),
+        true,
+        Some(connector),
+    );
     let (socket, response) = tokio::time::timeout(UPGRADE_TIMEOUT, connecting)
         .await
         .map_err(|_| ConnectError::Timeout)?
-        .map_err(|error| ConnectError::WebSocket(error.to_string()))?;
+        .map_err(|error| crate::tls::connect_error(error, tls))?;
     let echoed = response
         .headers()
         .get("Sec-WebSocket-Protocol")

@@ -7,7 +7,7 @@
 //! the call's envelopes into the next line and [`verify_log`] checks a log's text; the
 //! server owns the file, the clock and the fsync policy.
 //!
-//! Implements spec section "Audit log" (AUD-001..AUD-011).
+//! Implements spec section "Audit log" (AUD-001..AUD-012).
 //!
 //! # Line format
 //!
@@ -104,8 +104,7 @@
 //!    `key` as their raw 32 bytes and `time` as its UTF-8 bytes
 //!    ([`head_signing_bytes`]). Through `prev`, a head commits to every line before
 //!    it. A writer writes a head as the last line of a file before rotating it and
-//!    at clean shutdown, and SHOULD write one periodically (for example every 1000
-//!    entries or every minute) to bound the unsigned tail.
+//!    at clean shutdown, and periodically (AUD-012).
 //! 8. **AUD-008 Rotation and recovery (MUST).** A new file continues the chain: its
 //!    first entry has the next `seq` and, as `prev`, the hash of the previous file's
 //!    last line ([`AuditChain::resume`]); files verify one after the other
@@ -132,8 +131,9 @@
 //!    reported as `TornLastLine` (a crash mid-write, distinct from tampering).
 //!    Entries after the last head are reported as the unsigned tail: a warning, not
 //!    an error. A signature whose bytes were not inlined is counted as unchecked.
-//! 10. **AUD-010 What a valid log proves (informative).** Assuming SHA-256 and
-//!     Ed25519 hold: (a) every line up to the last head was written, in this order,
+//! 10. **AUD-010 What a valid log proves (MUST NOT).** A verifier does not present a
+//!     valid log as proving more than this. Assuming SHA-256 and Ed25519 hold:
+//!     (a) every line up to the last head was written, in this order,
 //!     by the holder of the server key no later than that head, and none was added,
 //!     removed, reordered or changed since; (b) each verified request signature
 //!     proves the client key holder asked for exactly that call (session, id, tool,
@@ -153,6 +153,8 @@
 //!     confidential sets the limit to 0 ([`AuditChain::with_max_inline`]), keeping
 //!     only hashes and signatures, and in any case protects the file like the data
 //!     it describes.
+//! 12. **AUD-012 Periodic heads (SHOULD).** A writer also writes a head periodically
+//!     (for example every 1000 entries or every minute) to bound the unsigned tail.
 //!
 //! # Example
 //!

@@ -44,6 +44,12 @@ pub struct ConnectionLimits {
     /// REPLAY_DETECTED). Default true: WebSocket runs over TCP. A multi-path or relay
     /// transport may turn it off and rely on the replay window alone.
     pub strict_order: bool,
+    /// FAULT INJECTION, for the conformance suite's own tests only: the record
+    /// receiver skips its replay and order checks (REC-025, REC-026, REC-030).
+    /// Exists only with the `__fault_injection` feature; never enable it.
+    #[cfg(feature = "__fault_injection")]
+    #[doc(hidden)]
+    pub fault_skip_replay_check_for_conformance_testing_only: bool,
 }
 
 impl Default for ConnectionLimits {
@@ -57,6 +63,8 @@ impl Default for ConnectionLimits {
             rekey_after: Duration::from_secs(5 * 60),
             session_lifetime: Duration::from_secs(62 * 60),
             strict_order: true,
+            #[cfg(feature = "__fault_injection")]
+            fault_skip_replay_check_for_conformance_testing_only: false,
         }
     }
 }

@@ -237,6 +237,9 @@ pub(crate) struct Receiver {
     window: RecordWindow,
     strict_order: bool,
     max_body_len: usize,
+    /// FAULT INJECTION (conformance suite tests only): replay and order unchecked.
+    #[cfg(feature = "__fault_injection")]
+    skip_replay_check: bool,
 }
 
 impl Receiver {
@@ -247,7 +250,15 @@ impl Receiver {
             window: RecordWindow::new(),
             strict_order,
             max_body_len,
+            #[cfg(feature = "__fault_injection")]
+            skip_replay_check: false,
         }
+    }
+
+    /// FAULT INJECTION: stops checking replay and order (conformance tests only).
+    #[cfg(feature = "__fault_injection")]
+    pub(crate) fn skip_replay_check_for_conformance_testing_only(&mut self) {
+        self.skip_replay_check = true;
     }
 
     pub(crate) fn epoch(&self) -> u32 {
@@ -282,13 +293,18 @@ impl Receiver {
             &mut plaintext,
         )
         .map_err(|_| Error::DecryptFailed)?;
-        self.window
-            .update(header.seq)
-            .map_err(|_| Error::PeerMisbehaved(Misbehavior::Replayed))?;
+        let recorded = self.window.update(header.seq);
+        #[cfg(feature = "__fault_injection")]
+        let recorded = if self.skip_replay_check { Ok(()) } else { recorded };
+        recorded.map_err(|_| Error::PeerMisbehaved(Misbehavior::Replayed))?;
         Ok(plaintext)
     }
 
     fn check_sequence(&self, seq: u64) -> Result<(), Error> {
+        #[cfg(feature = "__fault_injection")]
+        if self.skip_replay_check {
+            return Ok(());
+        }
         match self.window.check(seq) {
             Ok(()) => {}
             Err(ReplayError::LimitReached) => {

@@ -38,9 +38,15 @@ impl Transport {
         session_id: [u8; 32],
         limits: &ConnectionLimits,
     ) -> Self {
+        #[allow(unused_mut)] // mutated only with `__fault_injection`
+        let mut receiver = Receiver::new(receive_key, limits.strict_order, limits.max_record_body);
+        #[cfg(feature = "__fault_injection")]
+        if limits.fault_skip_replay_check_for_conformance_testing_only {
+            receiver.skip_replay_check_for_conformance_testing_only();
+        }
         Self {
             sender: Sender::new(send_key),
-            receiver: Receiver::new(receive_key, limits.strict_order, limits.max_record_body),
+            receiver,
             session_id,
             max_body: limits.max_record_body,
         }

@@ -255,6 +255,9 @@ fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).expect("JSON")
 }
 
+/// AUD-004, AUD-005, AUD-006, AUD-007, AUD-009: a log of real decisions with their
+/// envelopes verifies with the server key alone; evidence whose bytes are not
+/// inlined is counted as unchecked.
 #[test]
 fn a_log_of_real_calls_verifies() {
     let (server, lines) = reference(None);
@@ -271,6 +274,9 @@ fn a_log_of_real_calls_verifies() {
     assert_eq!(summary.end.next_seq, 7);
 }
 
+/// AUD-001, AUD-002, AUD-003, AUD-004, AUD-005, AUD-006, AUD-007: the exact form of
+/// call and head lines, `seq` from 0, each `prev` the hash of the line before (64
+/// zeros first), and request signatures kept only when the pipeline verified them.
 #[test]
 fn lines_have_the_documented_form() {
     let (server, lines) = reference(None);
@@ -353,6 +359,7 @@ impl Sha256Line {
     }
 }
 
+/// AUD-009, AUD-010: an edit covered by a signature is reported on its own line.
 #[test]
 fn an_edited_tool_name_is_caught_on_its_line() {
     let (server, lines) = reference(None);
@@ -396,6 +403,7 @@ fn an_edited_tool_name_is_caught_on_its_line() {
     );
 }
 
+/// AUD-003, AUD-009: a deleted line breaks the chain at the line after it.
 #[test]
 fn a_deleted_line_breaks_the_chain_where_it_was() {
     let (server, lines) = reference(None);
@@ -412,6 +420,7 @@ fn a_deleted_line_breaks_the_chain_where_it_was() {
     }
 }
 
+/// AUD-003, AUD-009: reordered lines break the chain at the first of them.
 #[test]
 fn swapped_lines_break_the_chain_at_the_first_of_them() {
     let (server, lines) = reference(None);
@@ -432,6 +441,8 @@ fn swapped_lines_break_the_chain_at_the_first_of_them() {
     );
 }
 
+/// AUD-001, AUD-009: a final line without LF is `TornLastLine`, distinct from
+/// tampering, which is still reported first.
 #[test]
 fn a_torn_last_line_is_a_crash_not_tampering() {
     let (server, lines) = reference(None);
@@ -462,6 +473,7 @@ fn a_torn_last_line_is_a_crash_not_tampering() {
     );
 }
 
+/// AUD-008: a writer cuts a torn line (`complete_len`) and continues the chain.
 #[test]
 fn a_writer_recovers_from_a_torn_line() {
     let (server, lines) = reference(None);
@@ -478,6 +490,7 @@ fn a_writer_recovers_from_a_torn_line() {
     assert_eq!(summary.heads, 3);
 }
 
+/// AUD-005, AUD-009, AUD-010: a request signature must be the entry's client's.
 #[test]
 fn a_request_signature_by_another_key_is_refused() {
     let (server, lines) = reference(None);
@@ -499,6 +512,7 @@ fn a_request_signature_by_another_key_is_refused() {
     );
 }
 
+/// AUD-006, AUD-009, AUD-010: a response signature must be the server's.
 #[test]
 fn a_response_signature_by_another_key_is_refused() {
     let (server, lines) = reference(None);
@@ -520,6 +534,7 @@ fn a_response_signature_by_another_key_is_refused() {
     );
 }
 
+/// AUD-007, AUD-009: a head must be signed by the server key, whatever it claims.
 #[test]
 fn a_head_signed_by_another_key_is_refused() {
     let (server, lines) = reference(None);
@@ -541,6 +556,7 @@ fn a_head_signed_by_another_key_is_refused() {
     );
 }
 
+/// AUD-009: checked against another key, the first server signature fails.
 #[test]
 fn a_log_checked_against_the_wrong_server_key_fails_at_its_first_server_signature() {
     let (_server, lines) = reference(None);
@@ -562,6 +578,8 @@ fn a_log_checked_against_the_wrong_server_key_fails_at_its_first_server_signatur
     );
 }
 
+/// AUD-009, AUD-010: entries after the last head are a warning (the unsigned tail),
+/// and what a valid log does not prove: the tail can be rewritten unnoticed.
 #[test]
 fn the_unsigned_tail_is_a_warning_and_its_last_line_is_unprotected() {
     let (server, lines) = reference(None);
@@ -581,6 +599,7 @@ fn the_unsigned_tail_is_a_warning_and_its_last_line_is_unprotected() {
     assert_eq!((summary.unsigned_tail, summary.last_signed_seq), (3, None));
 }
 
+/// AUD-002, AUD-008: a new file continues `seq` and `prev` of the previous one.
 #[test]
 fn rotated_files_continue_the_chain() {
     let (server, lines) = reference(None);
@@ -602,6 +621,8 @@ fn rotated_files_continue_the_chain() {
     );
 }
 
+/// AUD-005, AUD-006, AUD-011: with the inline limit at 0, no argument or result
+/// bytes are written; hashes and signatures remain.
 #[test]
 fn hashes_only_mode_never_writes_argument_or_result_bytes() {
     let (server, lines) = reference(Some(0));
@@ -633,6 +654,7 @@ fn hashes_only_mode_never_writes_argument_or_result_bytes() {
         .is_ok());
 }
 
+/// AUD-005: arguments up to the default inline limit are kept in clear.
 #[test]
 fn by_default_small_arguments_are_kept_in_clear_to_check_their_signatures() {
     let (_server, lines) = reference(None);
@@ -640,6 +662,7 @@ fn by_default_small_arguments_are_kept_in_clear_to_check_their_signatures() {
     assert!(!lines[5].contains(&hex::encode([0x42; 16])));
 }
 
+/// AUD-001: `time` is RFC 3339 in UTC, or nothing is written.
 #[test]
 fn writers_refuse_a_time_that_is_not_utc_rfc3339() {
     let mut chain = AuditChain::new(other_identity());
@@ -655,7 +678,8 @@ fn writers_refuse_a_time_that_is_not_utc_rfc3339() {
 /// An edit of a JSON entry.
 type Edit = Box<dyn Fn(&mut serde_json::Value)>;
 
-/// Hostile lines, each as the first line of a log: rejected, never a panic.
+/// AUD-001, AUD-009: hostile lines, each as the first line of a log: rejected as
+/// `Malformed`, never a panic.
 #[test]
 fn garbage_lines_are_malformed() {
     let (server, lines) = reference(None);
@@ -769,7 +793,8 @@ proptest! {
         let _ = verify_log(&text, &key);
     }
 
-    /// Changing any single byte of a log that ends with a head is detected.
+    /// AUD-003, AUD-010: changing any single byte of a log that ends with a head is
+    /// detected.
     #[test]
     fn any_byte_change_is_detected(index in any::<prop::sample::Index>(), byte in any::<u8>()) {
         let (key, log) = shared_reference();
@@ -783,8 +808,8 @@ proptest! {
         prop_assert!(verify_log(&text, key).is_err());
     }
 
-    /// A log cut anywhere is either a shorter valid log (cut at a line boundary) or
-    /// ends with a torn line, never reported as tampering.
+    /// AUD-008, AUD-009: a log cut anywhere is either a shorter valid log (cut at a line
+    /// boundary) or ends with a torn line, never reported as tampering.
     #[test]
     fn truncation_is_only_ever_a_torn_line(index in any::<prop::sample::Index>()) {
         let (key, log) = shared_reference();

@@ -34,7 +34,9 @@ pub struct Limits {
     pub max_unauthenticated_per_ip: usize,
     /// Unauthenticated connections in total. Default 1024; beyond it 503.
     pub max_unauthenticated_total: usize,
-    /// Time allowed for the HTTP upgrade. Default 5 s. Bounds slow-loris upgrades.
+    /// Time allowed for the HTTP upgrade, and with TLS
+    /// ([`Server::serve_tls`]) for the TLS handshake and the upgrade together.
+    /// Default 5 s. Bounds slow-loris handshakes and upgrades.
     pub upgrade_timeout: Duration,
     /// Consecutive RESOURCE_EXHAUSTED refusals after which the connection is closed
     /// with RATE_LIMITED (4008). Default 100.
@@ -79,6 +81,9 @@ pub enum BuildError {
     /// No client could ever authenticate.
     #[error("no client can authenticate: allow a client key or trust a grant issuer")]
     NoClients,
+    /// The audit log could not be opened or continued.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditLogError),
 }
 
 /// Why [`Server::replace_tool`] refused a tool.
@@ -121,6 +126,11 @@ pub(crate) struct Inner {
     pub(crate) unauthenticated: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub(crate) rates: crate::connection::RateBudgets,
     pub(crate) at_most_once: crate::connection::SharedAtMostOnce,
+    pub(crate) audit: Option<crate::audit::AuditLog>,
+    pub(crate) shutdown: crate::shutdown::ShutdownState,
+    /// FAULT INJECTION (conformance tests only).
+    #[cfg(feature = "__fault_injection")]
+    pub(crate) faults: Vec<crate::fault::Fault>,
 }
 
 /// A configured tool server. Clone it freely; clones share state.
@@ -153,6 +163,9 @@ impl Server {
             tools: Vec::new(),
             require_signatures: true,
             authorizer: None,
+            audit: None,
+            #[cfg(feature = "__fault_injection")]
+            faults: Vec::new(),
         }
     }
 
@@ -257,6 +270,9 @@ pub struct ServerBuilder {
     tools: Vec<Tool>,
     require_signatures: bool,
     authorizer: Option<PolicyHook>,
+    audit: Option<(std::path::PathBuf, crate::audit::AuditOptions)>,
+    #[cfg(feature = "__fault_injection")]
+    faults: Vec<crate::fault::Fault>,
 }
 
 /// The policy hook of [`ServerBuilder::authorizer`].
@@ -329,6 +345,30 @@ impl ServerBuilder {
         self
     }
 
+    /// Keeps an audit log at `path` with the default [`AuditOptions`]: one
+    /// hash-chained JSON line per authorization decision with the signed envelopes,
+    /// and heads signed by the server identity (ENV-009, AUD-001..AUD-012). An
+    /// existing log is continued. See [`audit_log_with`](Self::audit_log_with).
+    ///
+    /// [`AuditOptions`]: crate::AuditOptions
+    pub fn audit_log(self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.audit_log_with(path, crate::audit::AuditOptions::default())
+    }
+
+    /// Keeps an audit log at `path` with `options` (head frequency, fsync policy,
+    /// queue size, inline limit). The file is created with mode 0600, or continued
+    /// after its last complete line once its tail verifies under this server's key;
+    /// [`build`](Self::build) fails otherwise. Use [`Server::shutdown`] to end it with
+    /// a signed head.
+    pub fn audit_log_with(
+        mut self,
+        path: impl Into<std::path::PathBuf>,
+        options: crate::audit::AuditOptions,
+    ) -> Self {
+        self.audit = Some((path.into(), options));
+        self
+    }
+
     /// Options that weaken security.
     pub fn dangerous(self) -> DangerousServerBuilder {
         DangerousServerBuilder { builder: self }
@@ -337,8 +377,9 @@ impl ServerBuilder {
     /// Validates the configuration, compiles schemas and signs the manifest.
     ///
     /// # Errors
-    /// [`BuildError`] for an invalid schema or origin, duplicate tool names, or a
-    /// configuration no client could authenticate against.
+    /// [`BuildError`] for an invalid schema or origin, duplicate tool names, a
+    /// configuration no client could authenticate against, or an audit log that
+    /// cannot be opened or whose tail does not verify ([`BuildError::Audit`]).
     pub fn build(self) -> Result<Server, BuildError> {
         self.upgrade.validate()?;
         let mut names = HashSet::new();
@@ -351,10 +392,22 @@ impl ServerBuilder {
             return Err(BuildError::NoClients);
         }
         let catalog = Catalog::new(self.tools, &self.identity)?;
+        let audit = match &self.audit {
+            Some((path, options)) => {
+                Some(crate::audit::AuditLog::open(path, &self.identity, options)?)
+            }
+            None => None,
+        };
+        #[allow(unused_mut)] // changed only with `__fault_injection`
+        let mut connection_limits = self.limits.connection.clone();
+        #[cfg(feature = "__fault_injection")]
+        if self.faults.contains(&crate::fault::Fault::SkipReplayCheck) {
+            connection_limits.fault_skip_replay_check_for_conformance_testing_only = true;
+        }
         let protocol = ServerConfig::new(self.identity, self.endpoint, &mut rand_core::OsRng)
             .allow_clients(self.clients.keys().copied())
             .trust_grant_issuers(self.grant_issuers)
-            .with_limits(self.limits.connection.clone())
+            .with_limits(connection_limits)
             .with_max_clock_skew(self.limits.max_clock_skew_secs);
         let mut authz_limits = AuthzLimits::default();
         authz_limits.max_in_flight = self.limits.max_in_flight;
@@ -377,6 +430,10 @@ impl ServerBuilder {
                 unauthenticated: Mutex::new(HashMap::new()),
                 rates,
                 at_most_once: crate::connection::SharedAtMostOnce::new(),
+                audit,
+                shutdown: crate::shutdown::ShutdownState::new(),
+                #[cfg(feature = "__fault_injection")]
+                faults: self.faults,
             }),
         })
     }
@@ -394,6 +451,15 @@ impl DangerousServerBuilder {
     /// asked and who answered.
     pub fn disable_envelope_signatures(mut self) -> Self {
         self.builder.require_signatures = false;
+        self
+    }
+
+    /// FAULT INJECTION: builds a server with a deliberately broken check, so that
+    /// the conformance suite's own tests can show it detects the fault. Only with
+    /// the `__fault_injection` feature; never use it anywhere else.
+    #[cfg(feature = "__fault_injection")]
+    pub fn inject_fault_for_conformance_testing_only(mut self, fault: crate::fault::Fault) -> Self {
+        self.builder.faults.push(fault);
         self
     }
 

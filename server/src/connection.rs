@@ -2,6 +2,7 @@
 //! state machine, runs the authorization pipeline of the protocol crate on every
 //! REQUEST, and runs tool handlers. It makes no protocol decision of its own.
 
+use crate::audit::{AuditSink, CallEntry};
 use crate::builder::{read, Inner, Limits, Policy, PolicyHook, ToolAllowance};
 use crate::serve::UnauthenticatedSlot;
 use crate::tool::{decode_args, CallContext, Catalog, Registry, ToolResult};
@@ -24,9 +25,10 @@ use toolwire_protocol::amo::{
     Admission, AmoConfig, AtMostOnceStore, AtMostOnceTable, CachedOutcome, LineageKey,
     LineageOrigin,
 };
+use toolwire_protocol::audit::{RequestEvidence, ResponseEvidence};
 use toolwire_protocol::authz::{
     AllowlistAuthorizer, AuthorizationRequest, Authorizer, Decision,
-    RateBudgets as RateBudgetCheck, RequestPipeline, RetryAfter, SessionAuthz, ToolDigests,
+    RateBudgets as RateBudgetCheck, RequestPipeline, RetryAfter, SessionAuthz, Step, ToolDigests,
     Verdict,
 };
 use toolwire_protocol::envelope::{RequestFields, ResponseFields};
@@ -177,6 +179,8 @@ struct Running {
     request_hash: [u8; 32],
     /// Index of the next STREAM_ITEM of this call.
     next_item: u64,
+    /// The call's audit entry, written when the call ends (`audit.rs`).
+    audit: Option<Box<CallEntry>>,
 }
 
 enum Outcome {
@@ -204,6 +208,12 @@ struct Driver<S> {
     /// The tools this connection works with, and the server's current ones.
     catalog: Arc<Catalog>,
     catalog_updates: watch::Receiver<Arc<Catalog>>,
+    /// The audit log's entrance, when the server keeps one.
+    audit: Option<AuditSink>,
+    /// The server's shutdown signal, and the drain deadline once it came
+    /// (`shutdown.rs`).
+    shutdown: watch::Receiver<Option<tokio::time::Instant>>,
+    draining: Option<tokio::time::Instant>,
 }
 
 /// Wall-clock time in Unix seconds, rounded down (grant expiry is checked against it).
@@ -235,6 +245,9 @@ pub(crate) async fn run<S>(
     let connection_budget =
         RateLimiter::direct(per_second(inner.limits.rate_per_sec, inner.limits.burst));
     tracing::debug!(%peer, event = "connection_open", "toolwire connection open");
+    let audit = inner.audit.as_ref().map(crate::audit::AuditLog::sink);
+    let mut shutdown = inner.shutdown.subscribe();
+    let draining = *shutdown.borrow_and_update();
     let driver = Driver {
         inner,
         socket,
@@ -250,6 +263,9 @@ pub(crate) async fn run<S>(
         consecutive_refusals: 0,
         catalog,
         catalog_updates,
+        audit,
+        shutdown,
+        draining,
     };
     driver.run(outcome_receiver).await;
 }
@@ -259,6 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let code = loop {
             // Events first: handling them queues records (CAP_GRANT, answers).
             self.drain_events();
+            self.close_if_stopping();
             if self.flush().await.is_err() {
                 break CloseCode::GOING_AWAY;
             }
@@ -277,8 +294,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 || tokio::time::Instant::now() + Duration::from_secs(3600),
                 tokio::time::Instant::from_std,
             );
+            // Audit backpressure: entries waiting for room stop reading (`audit.rs`).
+            let room = self
+                .audit
+                .as_ref()
+                .filter(|audit| audit.backlogged())
+                .map(AuditSink::room);
+            let reading = room.is_none();
+            let drain_deadline = self.draining.filter(|_| !self.running.is_empty());
             tokio::select! {
-                frame = self.socket.next() => {
+                frame = self.socket.next(), if reading => {
                     if let Some(code) = self.handle_frame(frame) {
                         break code;
                     }
@@ -288,9 +313,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 () = tokio::time::sleep_until(deadline) => {
                     let _ = self.connection.handle_timeout(Instant::now());
                 }
+                Ok(()) = self.shutdown.changed(), if self.draining.is_none() => {
+                    self.draining = *self.shutdown.borrow_and_update();
+                }
+                () = sleep_until_some(drain_deadline) => self.interrupt_running(&mut outcomes),
+                Some(room) = some_or_pending(room) => {
+                    if let Some(audit) = self.audit.as_mut() {
+                        audit.drain(room);
+                    }
+                }
+                () = audit_stopped(self.audit.as_ref()) => {}
             }
         };
         self.end_running_calls(&mut outcomes);
+        if let Some(audit) = self.audit.as_mut() {
+            audit.flush().await;
+        }
         tracing::debug!(peer = %self.peer, %code, "toolwire connection task ends");
     }
 
@@ -316,14 +354,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let lineage = session.lineage;
         while let Ok(outcome) = outcomes.try_recv() {
             if let Outcome::Finished(id, result) = outcome {
-                if self.running.remove(&id).is_some() {
+                if let Some(running) = self.running.remove(&id) {
                     (&self.inner.at_most_once).complete(&lineage, id, cached_outcome(&result));
+                    self.audit_write(running.audit, |entry| {
+                        entry.ended("not sent (connection closed)")
+                    });
                 }
             }
         }
-        for (id, running) in self.running.drain() {
+        for (id, running) in std::mem::take(&mut self.running) {
             running.abort.abort();
             (&self.inner.at_most_once).abandon(&lineage, id);
+            self.audit_write(running.audit, |entry| {
+                entry.ended("unknown (connection closed while running)")
+            });
         }
     }
 
@@ -392,6 +436,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 None
             }
             Some(Ok(WsMessage::Text(text))) => {
+                if crate::fault::injected(&self.inner, crate::fault::Fault::AcceptTextFrames) {
+                    return None;
+                }
                 if let Err(violation) =
                     check_frame(FrameKind::Text, text.len(), self.inner.protocol.limits())
                 {
@@ -558,6 +605,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             tools: &self.catalog.digests,
         };
         let mut at_most_once = &self.inner.at_most_once;
+        let mut refuse_new_calls = crate::shutdown::RefuseNewCalls;
+        let store: &mut dyn AtMostOnceStore = if self.draining.is_some() {
+            &mut refuse_new_calls
+        } else {
+            &mut at_most_once
+        };
         let mut pipeline = RequestPipeline {
             limits: &self.inner.authz_limits,
             rate_budgets: &mut budgets,
@@ -566,11 +619,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             authorizer: &authorizer,
             policy_version: policy.version,
             validator: &self.catalog.registry,
-            at_most_once: &mut at_most_once,
+            at_most_once: store,
         };
         let in_flight = u32::try_from(self.running.len()).unwrap_or(u32::MAX);
-        let evaluation = pipeline.evaluate(session, &request, in_flight, now, unix_now());
+        let mut evaluation = pipeline.evaluate(session, &request, in_flight, now, unix_now());
         drop(policy);
+        if self.draining.is_some() && evaluation.record.refused_at == Some(Step::AtMostOnce) {
+            self.inner.shutdown.count_refused();
+            evaluation.record.detail = Some("server shutting down".into());
+        }
+        let entry = self.audit.is_some().then(|| {
+            CallEntry::new(
+                evaluation.record.clone(),
+                RequestEvidence::from_request(&request),
+            )
+        });
         let record = &evaluation.record;
         tracing::info!(
             target: "toolwire::decision",
@@ -599,13 +662,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         match evaluation.verdict {
             Verdict::Execute => {
                 self.consecutive_refusals = 0;
-                self.execute(request, client, session_id, request_hash);
+                self.execute(request, client, session_id, request_hash, entry);
             }
             Verdict::AnswerFromCache(CachedOutcome::Response(result)) => {
-                self.send_response(request.id, request_hash, result)
+                let response = self.send_response(request.id, request_hash, result);
+                self.audit_write(entry, |entry| entry.answered(response));
             }
-            Verdict::AlreadyInFlight => {}
+            Verdict::AlreadyInFlight => self.audit_write(entry, |entry| entry),
             verdict => {
+                self.audit_write(entry, |entry| entry);
                 if verdict.refusal_code() == Some(ErrorCode::RESOURCE_EXHAUSTED) {
                     self.consecutive_refusals += 1;
                     tracing::warn!(client = %client, event = "rate_limited", "toolwire call refused by rate budget");
@@ -672,8 +737,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         client: IdentityKey,
         session_id: [u8; 32],
         request_hash: [u8; 32],
+        audit: Option<Box<CallEntry>>,
     ) {
         let Some(entry) = self.catalog.registry.tools.get(&request.tool) else {
+            self.audit_write(audit, |entry| entry.ended("not run (tool missing)"));
             return;
         };
         // The validator already decoded these bytes once; they are valid msgpack.
@@ -723,6 +790,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 abort: task.abort_handle(),
                 request_hash,
                 next_item: 0,
+                audit,
             },
         );
     }
@@ -756,24 +824,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 };
                 let cached = cached_outcome(&result);
                 if !(&self.inner.at_most_once).complete(&lineage, id, cached.clone()) {
+                    self.audit_write(running.audit, |entry| {
+                        entry.ended("not sent (outcome already decided)")
+                    });
                     return;
                 }
                 match cached {
                     CachedOutcome::Response(bytes) => {
-                        self.send_response(id, running.request_hash, bytes)
+                        let response = self.send_response(id, running.request_hash, bytes);
+                        self.audit_write(running.audit, |entry| entry.answered(response));
                     }
                     other => {
                         if let Some(error) = other.error_message(id) {
                             let error = with_retry_hint(error, &self.inner);
                             let _ = self.connection.send(Instant::now(), Message::Error(error));
                         }
+                        let ended = match &other {
+                            CachedOutcome::Error { code, .. } => {
+                                format!("ERROR {}", code_text(*code))
+                            }
+                            _ => "ERROR".to_owned(),
+                        };
+                        self.audit_write(running.audit, |entry| entry.ended(&ended));
                     }
                 }
             }
             Outcome::Crashed(id) => {
-                if self.running.remove(&id).is_none() {
+                let Some(running) = self.running.remove(&id) else {
                     return;
-                }
+                };
+                self.audit_write(running.audit, |entry| {
+                    entry.ended("INTERNAL (handler panicked)")
+                });
                 // Nothing is cached: a retry is answered RESULT_UNAVAILABLE (AMO-026).
                 (&self.inner.at_most_once).abandon(&lineage, id);
                 tracing::warn!(peer = %self.peer, request_id = id, "toolwire tool handler panicked");
@@ -795,6 +877,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let lineage = session.lineage;
         if let Some(running) = self.running.remove(&id) {
             running.abort.abort();
+            self.audit_write(running.audit, |entry| {
+                entry.ended("CANCELLED by the client")
+            });
             if (&self.inner.at_most_once).cancel(&lineage, id) {
                 let error = ErrorMessage {
                     id: Some(id),
@@ -807,10 +892,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
     }
 
-    fn send_response(&mut self, id: u64, request_hash: [u8; 32], result: Vec<u8>) {
-        let Some(session) = self.session.as_ref() else {
-            return;
-        };
+    /// Signs and sends a RESPONSE; returns its evidence for the audit log when the
+    /// server keeps one and the RESPONSE was sent.
+    fn send_response(
+        &mut self,
+        id: u64,
+        request_hash: [u8; 32],
+        result: Vec<u8>,
+    ) -> Option<ResponseEvidence> {
+        let session = self.session.as_ref()?;
         let signature = self.inner.require_signatures.then(|| {
             ResponseFields {
                 session_id: &session.session_id,
@@ -820,19 +910,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
             .sign(self.inner.protocol.identity())
             .to_vec()
-            .into()
         });
+        let evidence = self
+            .audit
+            .is_some()
+            .then(|| ResponseEvidence::new(&request_hash, &result, signature.as_deref()));
         let response = Response {
             id,
             result: result.into(),
-            signature,
+            signature: signature.map(Into::into),
         };
         if let Err(error) = self
             .connection
             .send(Instant::now(), Message::Response(response))
         {
             tracing::warn!(%error, request_id = id, "toolwire response could not be sent");
+            return None;
         }
+        evidence
+    }
+
+    /// Hands a call's audit entry, finished by `finish`, to the audit log.
+    fn audit_write(
+        &mut self,
+        entry: Option<Box<CallEntry>>,
+        finish: impl FnOnce(Box<CallEntry>) -> Box<CallEntry>,
+    ) {
+        if let (Some(audit), Some(entry)) = (self.audit.as_mut(), entry) {
+            audit.write(finish(entry));
+        }
+    }
+
+    /// Ends the connection when the server shuts down or its audit log stopped: a
+    /// draining connection closes with GOING_AWAY (1001) once its last call is
+    /// answered, at once if it has none (or no session yet); a connection whose
+    /// audit writer stopped closes with INTERNAL_ERROR (1011): no call is served that
+    /// cannot be logged (`audit.rs`, "fail closed").
+    fn close_if_stopping(&mut self) {
+        if self.connection.close_code().is_some() {
+            return;
+        }
+        if self.audit.as_ref().is_some_and(AuditSink::stopped) {
+            tracing::error!(peer = %self.peer, event = "audit_failed", "toolwire audit log stopped: closing the connection");
+            self.connection.close(CloseCode::INTERNAL_ERROR, "");
+        } else if self.draining.is_some() && self.running.is_empty() {
+            self.connection.close(CloseCode::GOING_AWAY, "");
+        }
+    }
+
+    /// The drain deadline passed (`shutdown.rs`): results that already arrived are
+    /// sent; calls still running are stopped and answered UNAVAILABLE (14), their
+    /// outcome unknown, so nothing is cached (AMO-026) and a retried copy of the id
+    /// is answered RESULT_UNAVAILABLE, never run again.
+    fn interrupt_running(&mut self, outcomes: &mut mpsc::UnboundedReceiver<Outcome>) {
+        while let Ok(outcome) = outcomes.try_recv() {
+            self.handle_outcome(outcome);
+        }
+        let Some(lineage) = self.session.as_ref().map(|session| session.lineage) else {
+            return;
+        };
+        let interrupted = self.running.len();
+        for (id, running) in std::mem::take(&mut self.running) {
+            running.abort.abort();
+            (&self.inner.at_most_once).abandon(&lineage, id);
+            let error = ErrorMessage {
+                id: Some(id),
+                code: ErrorCode::UNAVAILABLE.0,
+                message: "server shutting down".into(),
+                retry_after_ms: None,
+            };
+            let _ = self.connection.send(Instant::now(), Message::Error(error));
+            self.audit_write(running.audit, |entry| {
+                entry.ended("UNAVAILABLE (interrupted by server shutdown)")
+            });
+        }
+        self.inner.shutdown.count_interrupted(interrupted);
+        tracing::info!(peer = %self.peer, interrupted, event = "calls_interrupted", "toolwire shutdown deadline: running calls answered UNAVAILABLE");
     }
 }
 
@@ -890,6 +1043,36 @@ fn granted_set(
             digest: entry.digest.to_vec().into(),
         })
         .collect()
+}
+
+/// A code's name, or its number when it has none.
+fn code_text(code: ErrorCode) -> String {
+    code.name()
+        .map_or_else(|| code.0.to_string(), str::to_owned)
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Awaits `future`, or forever without one.
+async fn some_or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the audit writer has stopped; never without an audit log.
+async fn audit_stopped(audit: Option<&AuditSink>) {
+    match audit {
+        Some(audit) => audit.stopped_signal().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

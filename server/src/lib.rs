@@ -24,11 +24,23 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod builder;
 mod connection;
+mod fault;
 mod serve;
+mod shutdown;
+mod tls;
 mod tool;
 
-pub use builder::{BuildError, Limits, ReplaceToolError, Server, ServerBuilder};
+pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
+pub use builder::{
+    BuildError, DangerousServerBuilder, Limits, ReplaceToolError, Server, ServerBuilder,
+};
+pub use shutdown::ShutdownReport;
+pub use tls::{TlsConfig, TlsConfigError};
 pub use tool::{CallContext, HandlerFuture, SchemaError, Tool, ToolError, ToolResult};
 pub use toolwire_protocol as protocol;
+
+#[cfg(feature = "__fault_injection")]
+pub use fault::Fault;

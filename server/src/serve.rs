@@ -84,7 +84,8 @@ fn refusal(status: StatusCode) -> ErrorResponse {
 }
 
 impl Server {
-    /// Binds `addr` and serves until the task is dropped.
+    /// Binds `addr` and serves until the task is dropped or
+    /// [`shutdown`](Self::shutdown) completes.
     ///
     /// # Errors
     /// The bind error.
@@ -93,13 +94,20 @@ impl Server {
         self.serve_listener(listener).await
     }
 
-    /// Serves connections from an already bound listener.
+    /// Serves connections from an already bound listener, until
+    /// [`shutdown`](Self::shutdown) completes (then returns `Ok(())`).
     ///
     /// # Errors
     /// Only if accepting fails persistently; single failed connections are logged.
     pub async fn serve_listener(&self, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            match listener.accept().await {
+            let Some(accepted) = self.inner.shutdown.unless_stopping(listener.accept()).await
+            else {
+                drop(listener);
+                self.inner.shutdown.finished().await;
+                return Ok(());
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let server = self.clone();
@@ -122,7 +130,8 @@ impl Server {
     {
         let admission = take_slot(&self.inner, peer.ip());
         let deadline = tokio::time::Instant::now() + self.inner.limits.upgrade_timeout;
-        self.accept_admitted(stream, peer, admission, deadline).await;
+        self.accept_admitted(stream, peer, admission, deadline)
+            .await;
     }
 
     /// [`accept`](Self::accept) for a connection already counted as unauthenticated,
@@ -139,8 +148,12 @@ impl Server {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Some(_tracked) = crate::shutdown::ShutdownState::track(&self.inner) else {
+            return;
+        };
         let inner = self.inner.clone();
         let policy = inner.upgrade.clone();
+        let skip_origin = crate::fault::injected(&inner, crate::fault::Fault::SkipOriginCheck);
         let callback = move |request: &Request,
                              mut response: Response|
               -> Result<Response, ErrorResponse> {
@@ -162,7 +175,8 @@ impl Server {
             let origin = request
                 .headers()
                 .contains_key("Origin")
-                .then_some(origins.as_str());
+                .then_some(origins.as_str())
+                .filter(|_| !skip_origin);
             let offered: Vec<&str> = request
                 .headers()
                 .get_all("Sec-WebSocket-Protocol")
@@ -199,7 +213,11 @@ impl Server {
             .max_frame_size(Some(max_frame));
         let upgrading =
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-        match tokio::time::timeout_at(deadline, upgrading).await {
+        let upgrading = tokio::time::timeout_at(deadline, upgrading);
+        let Some(upgraded) = inner.shutdown.unless_stopping(upgrading).await else {
+            return;
+        };
+        match upgraded {
             Ok(Ok(socket)) => crate::connection::run(inner, socket, peer, slot).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "toolwire upgrade failed"),
             Err(_) => {

@@ -3,6 +3,7 @@
 //! with the code the protocol specifies.
 
 mod attacks;
+mod audit;
 mod raw;
 mod report;
 
@@ -23,9 +24,14 @@ use toolwire_server::{Limits, Server};
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// Print one JSON document instead of the table:
-    /// {"calls": [...], "attacks": [{"name", "expected", "observed", "refused"}, ...], "ok": bool}.
+    /// {"calls": [...], "attacks": [{"name", "expected", "observed", "refused"}, ...],
+    /// "audit": {"verified", "entries", "heads", "tampered": [...], "ok", ...}, "ok": bool}.
     #[arg(long)]
     json: bool,
+    /// Keep a copy of the demo server's audit log at PATH (check it with
+    /// `toolwire audit verify PATH --server-key KEY`, KEY as printed by the demo).
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<PathBuf>,
 }
 
 /// The demo server's handshake deadline (default 5 s): shorter, so that the "never
@@ -177,7 +183,8 @@ impl World {
             .allow_client(revokee.public_key())
             .trust_grant_issuer(operator.public_key())
             .allow_origin("https://agents.example")
-            .limits(limits);
+            .limits(limits)
+            .audit_log_with(scratch.dir.join(audit::AUDIT_FILE), audit::options());
         for tool in tools::all(Some(sandbox)) {
             builder = builder.tool(tool);
         }
@@ -384,7 +391,13 @@ pub(crate) async fn run(args: &DemoArgs) -> CliResult<bool> {
         outln!("2. attacks: each must be refused with the code the protocol specifies");
     }
     let (attacks, skipped) = play_attacks(&world, human).await;
-    let ok = calls.iter().all(|call| call.ok) && attacks.iter().all(|attack| attack.refused);
+    if human {
+        outln!();
+        outln!("3. graceful shutdown, then the audit log: hash-chained, signed heads, signed envelopes");
+    }
+    let audit = audit::finish(&world, human, args.audit_log.as_deref()).await;
+    let ok =
+        calls.iter().all(|call| call.ok) && attacks.iter().all(|attack| attack.refused) && audit.ok;
     let report = Report {
         server: ServerInfo {
             url: world.url.clone(),
@@ -394,6 +407,7 @@ pub(crate) async fn run(args: &DemoArgs) -> CliResult<bool> {
         calls,
         attacks,
         skipped,
+        audit,
         ok,
     };
     drop(world);
@@ -513,6 +527,23 @@ fn print_summary(report: &Report) {
                 .unwrap_or_default()
         );
     }
+    let audit = &report.audit;
+    if audit.ok {
+        outln!(
+            "audit log: {} entries, {} signed heads, all signatures verified ({}); every tampered copy rejected",
+            audit.entries,
+            audit.heads,
+            audit.signatures_verified
+        );
+    } else {
+        outln!(
+            "  FAILED: audit log: {}",
+            audit
+                .error
+                .as_deref()
+                .unwrap_or("a check did not pass (see above)")
+        );
+    }
     if report.ok {
         outln!(
             "all {} calls succeeded and all {} attacks were refused with their specified codes",
@@ -521,9 +552,10 @@ fn print_summary(report: &Report) {
         );
     } else {
         outln!(
-            "FAILURE: {calls_ok} of {} calls succeeded, {refused} of {} attacks refused as specified",
+            "FAILURE: {calls_ok} of {} calls succeeded, {refused} of {} attacks refused as specified, audit log {}",
             report.calls.len(),
-            report.attacks.len()
+            report.attacks.len(),
+            if audit.ok { "verified" } else { "FAILED" }
         );
     }
     if !report.skipped.is_empty() {

@@ -97,7 +97,10 @@ pub(crate) struct Report {
     pub(crate) attacks: Vec<AttackRecord>,
     /// Attacks not played (not counted as failures).
     pub(crate) skipped: Vec<SkippedRecord>,
-    /// Every call succeeded and every played attack was refused with its code.
+    /// The graceful shutdown and the audit log checks.
+    pub(crate) audit: super::audit::AuditRecord,
+    /// Every call succeeded, every played attack was refused with its code, and the
+    /// audit log checks passed.
     pub(crate) ok: bool,
 }
 

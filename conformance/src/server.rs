@@ -1,0 +1,161 @@
+//! Server mode: the adversarial peer plays the client against a live server.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use toolwire_conformance::server::{run, ServerOptions};
+//! use toolwire_protocol::Identity;
+//! let server_key = "CpeWKVTQpomJ2y54KVBYPNcgXQV4JKSsWPa2ZQ6Ghe0".parse()?;
+//! let allowed = Identity::from_seed(&[7; 32]); // a client the server allows
+//! let mut options = ServerOptions::default();
+//! options.ungranted_tool = Some("admin".into());
+//! let report = run("ws://127.0.0.1:7700/toolwire", server_key, allowed, options).await;
+//! println!("{}", report.summary());
+//! # Ok(()) }
+//! ```
+//!
+//! Each case runs on fresh connections, one case at a time, under an overall bound;
+//! a case that panics or overruns is a HARNESS_ERROR, never a hang.
+
+use crate::report::{CaseReport, Report};
+use crate::spec::Spec;
+use crate::{Case, CaseResult, Verdict};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use toolwire_protocol::{Identity, IdentityKey};
+
+/// A tool call the suite may make: a tool the client identity is granted, and
+/// arguments its input schema accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// Tool name.
+    pub tool: String,
+    /// Arguments (encoded as msgpack on the wire).
+    pub args: serde_json::Value,
+}
+
+/// Options of server mode.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// A tool the server offers but does not grant the client identity: the
+    /// ungranted-tool case needs it and is SKIPped without it.
+    pub ungranted_tool: Option<String>,
+    /// A call the client identity may make. Without it the suite calls the first
+    /// granted tool with `{}` and SKIPs the cases that need execution if that is
+    /// refused. Best with a tool whose result differs on every run (a counter), so
+    /// that re-execution is observable.
+    pub call: Option<ToolCall>,
+    /// How long the handshake-stall case waits for the server's TIMEOUT (4009); the
+    /// default handshake deadline is 5 s (HS-033), so the default wait is 6 s.
+    /// `None` SKIPs the slow cases.
+    pub handshake_stall: Option<Duration>,
+    /// Bound of each wait for the server (default 5 s).
+    pub step: Duration,
+    /// How long the suite listens to conclude that nothing arrives (default 300 ms).
+    pub quiet: Duration,
+    /// An origin that the server's allowlist does not hold.
+    pub foreign_origin: String,
+    /// Run only the cases whose id starts with one of these prefixes (all when empty).
+    pub only: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            ungranted_tool: None,
+            call: None,
+            handshake_stall: Some(Duration::from_secs(6)),
+            step: Duration::from_secs(5),
+            quiet: Duration::from_millis(300),
+            foreign_origin: "https://foreign-origin.conformance.invalid".to_owned(),
+            only: Vec::new(),
+        }
+    }
+}
+
+/// The server under test, as every server case sees it.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// The URL to dial; also the endpoint bound into the handshake.
+    pub url: String,
+    /// The server's identity key (pinned).
+    pub server_key: IdentityKey,
+    /// A client identity the server allows.
+    pub identity: Identity,
+    /// Options.
+    pub options: ServerOptions,
+}
+
+/// The future a server case returns.
+pub type CaseFuture = Pin<Box<dyn Future<Output = CaseResult> + Send>>;
+
+/// How a server case runs.
+pub type ServerCaseFn = fn(Arc<ServerTarget>) -> CaseFuture;
+
+/// A server-mode case.
+pub type ServerCase = Case<ServerCaseFn>;
+
+/// Runs every server case against the server at `url`, whose identity key is
+/// `server_key`, as the client `identity` (which the server must allow).
+pub async fn run(
+    url: &str,
+    server_key: IdentityKey,
+    identity: Identity,
+    options: ServerOptions,
+) -> Report {
+    let target = Arc::new(ServerTarget {
+        url: url.to_owned(),
+        server_key,
+        identity,
+        options,
+    });
+    run_cases(target, &crate::cases::server_cases()).await
+}
+
+/// Runs `cases` against `target`.
+pub async fn run_cases(target: Arc<ServerTarget>, cases: &[ServerCase]) -> Report {
+    let spec = Spec::embedded();
+    let mut report = Report::new(format!("server {}", target.url));
+    let bound = target.options.step * 6 + target.options.handshake_stall.unwrap_or(Duration::ZERO);
+    for case in cases {
+        if !target.options.only.is_empty()
+            && !target
+                .options
+                .only
+                .iter()
+                .any(|p| case.id.starts_with(p.as_str()))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let running = tokio::spawn((case.run)(target.clone()));
+        let abort = running.abort_handle();
+        let result = match tokio::time::timeout(bound, running).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => CaseResult::harness_error(format!("case panicked: {error}")),
+            Err(_) => {
+                abort.abort();
+                CaseResult::harness_error(format!("case did not finish within {bound:?}"))
+            }
+        };
+        let result = mark_pending(&spec, case.clauses, result);
+        report
+            .cases
+            .push(CaseReport::new("server", case, result, started.elapsed()));
+    }
+    report
+}
+
+/// A FAIL of a case whose every clause is listed in Appendix C is UNIMPLEMENTED.
+pub(crate) fn mark_pending(spec: &Spec, clauses: &[&str], mut result: CaseResult) -> CaseResult {
+    if result.verdict == Verdict::Fail
+        && !clauses.is_empty()
+        && clauses.iter().all(|c| spec.is_pending(c))
+    {
+        result.verdict = Verdict::Unimplemented;
+        result = result.with_detail("every clause is listed in Appendix C");
+    }
+    result
+}

@@ -1,0 +1,108 @@
+//! The suite against our own server (in process, on loopback) and our own vectors:
+//! every case PASSes (or is SKIPped for a stated reason), none FAILs, and the three
+//! report formats are well-formed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+use toolwire_conformance::report::SCHEMA;
+use toolwire_conformance::{server, spec, vectors, Report, Verdict};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_server_and_vectors_pass_with_zero_fail() {
+    let target = common::start(|dangerous| dangerous).await;
+    let suite = server::run(
+        &target.url,
+        target.server_key,
+        target.client.clone(),
+        common::options(),
+    );
+    let mut report = tokio::time::timeout(Duration::from_secs(60), suite)
+        .await
+        .expect("the server suite finishes within a minute");
+    report.merge(vectors::run(&vectors::default_dir()));
+
+    let problems: Vec<String> = report
+        .cases
+        .iter()
+        .filter(|c| !matches!(c.verdict, Verdict::Pass | Verdict::Info))
+        .map(|c| {
+            format!(
+                "{} {}: expected {}; observed {}; {}",
+                c.id, c.verdict, c.expected, c.observed, c.detail
+            )
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(report.count(Verdict::Fail), 0);
+    assert!(report.is_success(), "{}", report.summary());
+    assert!(report.cases.len() >= 50, "{}", report.summary());
+
+    let coverage = report.coverage();
+    assert!(
+        coverage.unknown.is_empty(),
+        "unknown clause ids: {:?}",
+        coverage.unknown
+    );
+    println!("{}\n{}", report.summary(), coverage.summary());
+
+    check_reports(&report);
+    // CI keeps the reports as artifacts when asked to.
+    if let Some(dir) = std::env::var_os("TOOLWIRE_CONFORMANCE_REPORT_DIR") {
+        report
+            .write_all(std::path::Path::new(&dir))
+            .expect("reports written");
+    }
+}
+
+fn check_reports(report: &Report) {
+    let dir = std::env::temp_dir().join(format!("toolwire-conformance-{}", std::process::id()));
+    let [json, junit, markdown] = report.write_all(&dir).expect("reports written");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).expect("report.json is JSON");
+    assert_eq!(json["schema"], SCHEMA);
+    assert_eq!(json["success"], true);
+    assert_eq!(json["summary"]["verdicts"]["FAIL"], 0);
+    let cases = json["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), report.cases.len());
+    for case in cases {
+        assert!(case["id"].is_string() && case["verdict"].is_string());
+        assert!(
+            !case["clauses"].as_array().expect("clauses").is_empty(),
+            "{case}"
+        );
+    }
+    assert!(json["clauses"].as_array().is_some_and(|c| !c.is_empty()));
+
+    let junit = std::fs::read_to_string(junit).unwrap();
+    assert!(junit.starts_with("<?xml"));
+    assert_eq!(junit.matches("<testcase ").count(), report.cases.len());
+    assert_eq!(
+        junit.matches("<testcase ").count(),
+        junit.matches("</testcase>").count()
+    );
+    assert_eq!(
+        junit.matches("<testsuite ").count(),
+        junit.matches("</testsuite>").count()
+    );
+    assert!(junit.contains("failures=\"0\" errors=\"0\""));
+    assert!(!junit.contains("<failure"));
+
+    let markdown = std::fs::read_to_string(markdown).unwrap();
+    assert!(markdown.contains("## Clauses"));
+    assert!(markdown.contains("| REC-025 | MUST | PASS |"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_clause_named_by_a_case_exists_and_coverage_is_reported() {
+    let coverage = spec::suite_coverage();
+    assert!(coverage.unknown.is_empty(), "{:?}", coverage.unknown);
+    assert!(coverage.must_covered >= 100, "{}", coverage.summary());
+    let trace = spec::trace_text();
+    assert!(trace.contains("rec.replayed"));
+    assert!(trace.contains("MUST clauses"));
+}

@@ -1,0 +1,98 @@
+//! A reference server on loopback for the suite's own tests: `echo` (returns its
+//! arguments), `counter` (returns how often it ran: a re-execution changes the
+//! result) and `admin` (offered, but not granted to the suite's identity).
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use toolwire_conformance::server::{ServerOptions, ToolCall};
+use toolwire_server::protocol::{Identity, IdentityKey};
+use toolwire_server::{DangerousServerBuilder, Server, ServerBuilder, Tool};
+
+/// A server serving on `127.0.0.1:0`, stopped when dropped.
+pub struct RunningServer {
+    pub url: String,
+    pub server_key: IdentityKey,
+    /// The identity the server allows (echo and counter only).
+    pub client: Identity,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
+}
+
+fn tools() -> Vec<Tool> {
+    let runs = Arc::new(AtomicU64::new(0));
+    vec![
+        Tool::new(
+            "echo",
+            "Returns its arguments.",
+            serde_json::json!({"type": "object"}),
+            |args, _| async move { Ok(args) },
+        ),
+        Tool::new(
+            "counter",
+            "Returns how many times it has run.",
+            serde_json::json!({"type": "object"}),
+            move |_, _| {
+                let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { Ok(serde_json::json!({ "run": run })) }
+            },
+        ),
+        Tool::new(
+            "admin",
+            "Not granted to the conformance identity.",
+            serde_json::json!({"type": "object"}),
+            |_, _| async move { Ok(serde_json::json!("ran")) },
+        ),
+    ]
+}
+
+/// Starts a reference server; `dangerous` may inject faults.
+pub async fn start(
+    dangerous: impl FnOnce(DangerousServerBuilder) -> DangerousServerBuilder,
+) -> RunningServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let url = format!("ws://{}/toolwire", listener.local_addr().expect("address"));
+    let identity = Identity::generate(&mut rand_core::OsRng);
+    let client = Identity::generate(&mut rand_core::OsRng);
+    let mut builder: ServerBuilder = Server::builder(identity.clone(), url.clone())
+        .allow_client_tools(client.public_key(), ["echo", "counter"])
+        .allow_origin("https://app.conformance.invalid");
+    for tool in tools() {
+        builder = builder.tool(tool);
+    }
+    let server = dangerous(builder.dangerous())
+        .done()
+        .build()
+        .expect("server configuration");
+    let serving = tokio::spawn(async move {
+        let _ = server.serve_listener(listener).await;
+    });
+    RunningServer {
+        url,
+        server_key: identity.public_key(),
+        client,
+        serving,
+    }
+}
+
+/// The options the suite runs with against this server.
+pub fn options() -> ServerOptions {
+    let mut options = ServerOptions::default();
+    options.ungranted_tool = Some("admin".to_owned());
+    options.call = Some(ToolCall {
+        tool: "counter".to_owned(),
+        args: serde_json::json!({}),
+    });
+    options.step = Duration::from_secs(5);
+    options
+}
