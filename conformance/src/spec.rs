@@ -43,6 +43,15 @@ impl Spec {
         Self::parse(PROTOCOL_MD)
     }
 
+    /// Reads and parses a `PROTOCOL.md` from disk (for a checkout newer than the
+    /// embedded copy).
+    ///
+    /// # Errors
+    /// The I/O error.
+    pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self::parse(&std::fs::read_to_string(path)?))
+    }
+
     /// Parses the text of a `PROTOCOL.md`.
     pub fn parse(text: &str) -> Self {
         let mut clauses = BTreeMap::new();

@@ -295,7 +295,11 @@ impl Receiver {
         .map_err(|_| Error::DecryptFailed)?;
         let recorded = self.window.update(header.seq);
         #[cfg(feature = "__fault_injection")]
-        let recorded = if self.skip_replay_check { Ok(()) } else { recorded };
+        let recorded = if self.skip_replay_check {
+            Ok(())
+        } else {
+            recorded
+        };
         recorded.map_err(|_| Error::PeerMisbehaved(Misbehavior::Replayed))?;
         Ok(plaintext)
     }

@@ -390,7 +390,7 @@ async fn a_stalled_tls_handshake_is_bounded_by_the_upgrade_timeout() {
     assert_eq!(served.echo.runs(), 1);
 }
 
-/// Clauses: TRN-001 — `serve_tls_listener` takes part in graceful shutdown like
+/// Clauses: CLS-010, CLS-012 — `serve_tls_listener` takes part in graceful shutdown like
 /// `serve_listener`: a live `wss://` session is closed with GOING_AWAY (1001), the
 /// listener returns `Ok(())`, and the port no longer accepts sessions.
 #[tokio::test]
