@@ -213,3 +213,81 @@ async def test_rust_client_with_a_wrong_server_key_fails_to_connect(
     )
     assert completed.returncode == 3
     assert "AUTH_FAILED" in completed.stderr
+
+
+# ------------------------------------------------------------ capability grants (issued by the CLI)
+
+
+async def issue_grant(cli: Path, tmp_path: Path, holder: toolwire.PublicKey, audience: toolwire.PublicKey,
+                      tools: str, ttl: str, grant_id: str) -> tuple[toolwire.PublicKey, str]:
+    issuer = toolwire.Identity.generate()
+    issuer_file = tmp_path / f"issuer-{grant_id}.key"
+    issuer.save(issuer_file)
+    issued = await run(
+        cli, "grant", "issue", "--issuer", issuer_file, "--holder", str(holder),
+        "--audience", str(audience), "--tools", tools, "--ttl", ttl, "--id", grant_id,
+    )
+    assert issued.returncode == 0, issued.stderr
+    return issuer.public_key, issued.stdout.strip()
+
+
+async def test_grants_from_a_trusted_issuer_and_their_revocation(
+    cli: Path, tmp_path: Path, server_identity: toolwire.Identity, client_identity: toolwire.Identity
+) -> None:
+    issuer, token = await issue_grant(
+        cli, tmp_path, client_identity.public_key, server_identity.public_key, "add", "1h", "grant-1"
+    )
+    server = toolwire.ToolServer(server_identity, grant_issuers=[issuer])
+
+    @server.tool
+    async def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    @server.tool
+    async def other() -> None:
+        """Not covered by the grant."""
+
+    async with server.listen() as running:
+        with pytest.raises(toolwire.AuthFailed):
+            await toolwire.connect(running.url, identity=client_identity, server_key=running.public_key)
+        async with toolwire.connect(
+            running.url, identity=client_identity, server_key=running.public_key, grants=[token]
+        ) as session:
+            assert session.granted_tools == {"add"}
+            assert await session.call("add", {"a": 1, "b": 2}) == 3
+            with pytest.raises(toolwire.PermissionDenied):
+                await session.call("other")
+            running.revoke_grant("grant-1")
+            with pytest.raises(toolwire.CapabilityRevoked) as caught:
+                await session.call("add", {"a": 1, "b": 2})
+            assert caught.value.code == toolwire.ErrorCode.CAPABILITY_REVOKED
+            # Its only grant revoked, the session is closed (GRT-042).
+            await asyncio.wait_for(session.wait_closed(), 5)
+            assert session.close_code == toolwire.CloseCode.CAPABILITY_REVOKED
+
+
+async def test_an_expired_grant_is_refused(
+    cli: Path, tmp_path: Path, server_identity: toolwire.Identity, client_identity: toolwire.Identity
+) -> None:
+    issuer, token = await issue_grant(
+        cli, tmp_path, client_identity.public_key, server_identity.public_key, "*", "2s", "short"
+    )
+    server = toolwire.ToolServer(
+        server_identity, grant_issuers=[issuer], limits=toolwire.Limits(max_clock_skew=0)
+    )
+
+    @server.tool
+    async def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    async with server.listen() as running:
+        async with toolwire.connect(
+            running.url, identity=client_identity, server_key=running.public_key, grants=[token]
+        ) as session:
+            assert await session.call("add", {"a": 1, "b": 2}) == 3
+            await asyncio.sleep(3)
+            with pytest.raises(toolwire.GrantExpired) as caught:
+                await session.call("add", {"a": 1, "b": 2})
+            assert caught.value.code == toolwire.ErrorCode.GRANT_EXPIRED
