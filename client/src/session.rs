@@ -32,6 +32,15 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// close code.
 const CLOSE_DRAIN: Duration = Duration::from_millis(200);
 
+/// How long one write to the socket may make no progress before the connection is
+/// closed with TRY_AGAIN_LATER (1013) (LIM-004). Bounds how long a server that stops
+/// reading holds the connection task and the calls queued behind it.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the close frame of a stalled connection is given before the socket is
+/// dropped.
+const STALLED_CLOSE_GRACE: Duration = Duration::from_millis(100);
+
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -449,16 +458,24 @@ impl Driver {
         loop {
             // Events first: handling them may queue records.
             self.drain_events();
-            if self.flush().await.is_err() {
-                return self.close_code_after_write_failure().await;
+            match self.flush().await {
+                Ok(()) => {}
+                Err(CloseCode::TRY_AGAIN_LATER) => {
+                    // LIM-004: the server stopped reading.
+                    tracing::warn!(
+                        event = "write_stalled",
+                        "toolwire server stopped reading: closing the connection"
+                    );
+                    let code = CloseCode::TRY_AGAIN_LATER;
+                    self.connection.close(code, "");
+                    self.send_close_frame(code, STALLED_CLOSE_GRACE).await;
+                    return code;
+                }
+                Err(_) => return self.close_code_after_write_failure().await,
             }
             if let Some((code, _)) = self.connection.close_code() {
                 // Best effort: the peer may already be gone.
-                let frame = CloseFrame {
-                    code: WsCloseCode::from(code.0),
-                    reason: "".into(),
-                };
-                let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+                self.send_close_frame(code, WRITE_STALL_TIMEOUT).await;
                 return code;
             }
             let deadline = self.connection.poll_timeout().map_or_else(
@@ -503,18 +520,29 @@ impl Driver {
             .unwrap_or(CloseCode::GOING_AWAY)
     }
 
+    /// Sends every queued record: `Err(GOING_AWAY)` when the socket failed,
+    /// `Err(TRY_AGAIN_LATER)` when a send made no progress within
+    /// [`WRITE_STALL_TIMEOUT`] (LIM-004).
     async fn flush(&mut self) -> Result<(), CloseCode> {
         while let Some(record) = self.connection.poll_transmit() {
-            if self
-                .socket
-                .send(WsMessage::Binary(record.into()))
-                .await
-                .is_err()
-            {
-                return Err(CloseCode::GOING_AWAY);
+            let send = self.socket.send(WsMessage::Binary(record.into()));
+            match tokio::time::timeout(WRITE_STALL_TIMEOUT, send).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(CloseCode::GOING_AWAY),
+                Err(_) => return Err(CloseCode::TRY_AGAIN_LATER),
             }
         }
         Ok(())
+    }
+
+    /// Sends a close frame with `code`, giving up after `within`.
+    async fn send_close_frame(&mut self, code: CloseCode, within: Duration) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.0),
+            reason: "".into(),
+        };
+        let close = self.socket.send(WsMessage::Close(Some(frame)));
+        let _ = tokio::time::timeout(within, close).await;
     }
 
     /// Returns a close code when the socket is gone.

@@ -45,6 +45,11 @@ pub struct Limits {
     /// grants are verified in the handshake and when their expiry is checked on every
     /// call. Default 30. Bounds how long past its `exp` a grant is still honoured.
     pub max_clock_skew_secs: i64,
+    /// How long one write to the socket may make no progress before the connection
+    /// is closed with TRY_AGAIN_LATER (1013) (LIM-004). Default 10 s. Bounds the
+    /// memory and the connection task held for a peer that stops reading (its TCP
+    /// window stays shut) while the server has answers or stream items to send.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +66,7 @@ impl Default for Limits {
             upgrade_timeout: Duration::from_secs(5),
             max_consecutive_refusals: 100,
             max_clock_skew_secs: 30,
+            write_stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -123,6 +129,7 @@ pub(crate) struct Inner {
     pub(crate) policy: RwLock<Policy>,
     pub(crate) require_signatures: bool,
     pub(crate) authorizer: Option<PolicyHook>,
+    pub(crate) admission: Option<crate::admission::AdmissionHook>,
     pub(crate) unauthenticated: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub(crate) rates: crate::connection::RateBudgets,
     pub(crate) at_most_once: crate::connection::SharedAtMostOnce,
@@ -163,6 +170,7 @@ impl Server {
             tools: Vec::new(),
             require_signatures: true,
             authorizer: None,
+            admission: None,
             audit: None,
             #[cfg(feature = "__fault_injection")]
             faults: Vec::new(),
@@ -270,6 +278,7 @@ pub struct ServerBuilder {
     tools: Vec<Tool>,
     require_signatures: bool,
     authorizer: Option<PolicyHook>,
+    admission: Option<crate::admission::AdmissionHook>,
     audit: Option<(std::path::PathBuf, crate::audit::AuditOptions)>,
     #[cfg(feature = "__fault_injection")]
     faults: Vec<crate::fault::Fault>,
@@ -336,6 +345,27 @@ impl ServerBuilder {
     /// the peer, which is answered PERMISSION_DENIED.
     pub fn authorizer(mut self, authorizer: impl Authorizer + Send + Sync + 'static) -> Self {
         self.authorizer = Some(PolicyHook(Arc::new(authorizer)));
+        self
+    }
+
+    /// Adds an admission hook on the HTTP upgrade request (TRN-021), for example to
+    /// check an upgrade token. It runs in the upgrade, after the pre-authentication
+    /// caps and the Origin and subprotocol checks (a request failing those is refused
+    /// without reaching it), and before any handshake work; a refusal answers the
+    /// upgrade with HTTP 401 or 403 and is logged (`event = "admission_refused"`).
+    ///
+    /// Acceptance grants no authority (TRN-020): an admitted connection must still
+    /// prove an allowed identity in the handshake, and every call is still authorized
+    /// on its own. The hook runs on the accepting task for every upgrade request, so
+    /// it must decide quickly and must not block.
+    pub fn admission_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&crate::AdmissionRequest<'_>) -> Result<(), crate::AdmissionRefusal>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.admission = Some(crate::admission::AdmissionHook(Arc::new(hook)));
         self
     }
 
@@ -427,6 +457,7 @@ impl ServerBuilder {
                 }),
                 require_signatures: self.require_signatures,
                 authorizer: self.authorizer,
+                admission: self.admission,
                 unauthenticated: Mutex::new(HashMap::new()),
                 rates,
                 at_most_once: crate::connection::SharedAtMostOnce::new(),

@@ -48,6 +48,18 @@ use toolwire_protocol::{
 /// the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// How long the close frame of a connection whose peer stopped reading is given
+/// before the socket is dropped (LIM-004, `Driver::close_stalled`).
+const STALLED_CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// Why queued records could not be sent.
+enum WriteFailed {
+    /// The socket failed (the peer is gone).
+    Socket,
+    /// A send made no progress within [`Limits::write_stall_timeout`] (LIM-004).
+    Stalled,
+}
+
 fn per_second(rate: u32, burst: u32) -> Quota {
     let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -276,16 +288,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             // Events first: handling them queues records (CAP_GRANT, answers).
             self.drain_events();
             self.close_if_stopping();
-            if self.flush().await.is_err() {
-                break CloseCode::GOING_AWAY;
+            match self.flush().await {
+                Ok(()) => {}
+                Err(WriteFailed::Stalled) => break self.close_stalled().await,
+                Err(WriteFailed::Socket) => break CloseCode::GOING_AWAY,
             }
             if let Some((code, side)) = self.connection.close_code() {
-                let _ = self.flush().await;
+                if let Err(WriteFailed::Stalled) = self.flush().await {
+                    break self.close_stalled().await;
+                }
                 let frame = CloseFrame {
                     code: WsCloseCode::from(code.0),
                     reason: "".into(),
                 };
-                let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+                let close = self.socket.send(WsMessage::Close(Some(frame)));
+                let _ = tokio::time::timeout(self.inner.limits.write_stall_timeout, close).await;
                 tracing::info!(peer = %self.peer, %code, %side, event = "connection_closed", "toolwire connection closed");
                 self.linger().await;
                 break code;
@@ -419,11 +436,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             .send(Instant::now(), Message::CapUpdate(update));
     }
 
-    async fn flush(&mut self) -> Result<(), WsError> {
+    /// Sends every queued record. Each send may make no progress for at most
+    /// [`Limits::write_stall_timeout`] (LIM-004): a peer that stops reading cannot
+    /// hold the connection task, and what it keeps queued, forever.
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        let stall = self.inner.limits.write_stall_timeout;
         while let Some(record) = self.connection.poll_transmit() {
-            self.socket.send(WsMessage::Binary(record.into())).await?;
+            let send = self.socket.send(WsMessage::Binary(record.into()));
+            match tokio::time::timeout(stall, send).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WriteFailed::Socket),
+                Err(_) => return Err(WriteFailed::Stalled),
+            }
         }
         Ok(())
+    }
+
+    /// The peer stopped reading (LIM-004): closes with TRY_AGAIN_LATER (1013). Best
+    /// effort: the close frame is given one more short chance through the stalled
+    /// socket, then the socket is dropped without lingering.
+    async fn close_stalled(&mut self) -> CloseCode {
+        let code = CloseCode::TRY_AGAIN_LATER;
+        tracing::warn!(peer = %self.peer, event = "write_stalled", "toolwire peer stopped reading: closing the connection");
+        self.connection.close(code, "");
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.0),
+            reason: "".into(),
+        };
+        let close = self.socket.send(WsMessage::Close(Some(frame)));
+        let _ = tokio::time::timeout(STALLED_CLOSE_GRACE, close).await;
+        code
     }
 
     fn handle_frame(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Option<CloseCode> {

@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admission;
 mod audit;
 mod builder;
 mod connection;
@@ -33,6 +34,7 @@ mod shutdown;
 mod tls;
 mod tool;
 
+pub use admission::{AdmissionRefusal, AdmissionRequest};
 pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
 pub use builder::{
     BuildError, DangerousServerBuilder, Limits, ReplaceToolError, Server, ServerBuilder,

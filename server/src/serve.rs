@@ -154,6 +154,7 @@ impl Server {
         let inner = self.inner.clone();
         let policy = inner.upgrade.clone();
         let skip_origin = crate::fault::injected(&inner, crate::fault::Fault::SkipOriginCheck);
+        let admission = inner.admission.clone();
         let callback = move |request: &Request,
                              mut response: Response|
               -> Result<Response, ErrorResponse> {
@@ -190,6 +191,17 @@ impl Server {
             };
             match check_upgrade(&policy, &upgrade) {
                 Ok(subprotocol) => {
+                    // TRN-021: the operator's admission hook, after the checks above
+                    // and before any handshake work; its acceptance grants nothing.
+                    if let Some(hook) = &admission {
+                        let admitted = (hook.0)(&crate::AdmissionRequest { request, peer });
+                        if let Err(refused) = admitted {
+                            tracing::warn!(event = "admission_refused", peer = %peer, status = refused.http_status(), "toolwire upgrade refused by the admission hook");
+                            let status = StatusCode::from_u16(refused.http_status())
+                                .unwrap_or(StatusCode::FORBIDDEN);
+                            return Err(refusal(status));
+                        }
+                    }
                     response.headers_mut().insert(
                         "Sec-WebSocket-Protocol",
                         HeaderValue::from_static(subprotocol),

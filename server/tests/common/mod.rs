@@ -438,8 +438,13 @@ impl RawClient {
     /// in (the client side is then established), record 3 out. Does not wait for
     /// the server's verdict on record 3.
     pub(crate) async fn handshake(url: &str, config: ClientConfig) -> Self {
+        Self::handshake_on(raw_socket(url).await, config).await
+    }
+
+    /// [`handshake`](Self::handshake) on an already upgraded `socket` (one whose
+    /// upgrade request carried extra headers, say).
+    pub(crate) async fn handshake_on(socket: Socket, config: ClientConfig) -> Self {
         let identity = config.identity().clone();
-        let socket = raw_socket(url).await;
         let conn = Connection::client(Arc::new(config), Instant::now(), &mut rand_core::OsRng);
         let mut raw = Self {
             socket,
