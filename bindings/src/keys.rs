@@ -8,8 +8,6 @@
 //! Files are created with mode 0600 from the start and never overwritten unless
 //! asked; an overwrite writes a sibling file and renames it over the old one.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use pyo3::exceptions::{PyFileExistsError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -18,9 +16,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use toolwire_protocol::IdentityKey;
 use zeroize::Zeroizing;
-
-/// First line of every identity file.
-const HEADER: &str = "toolwire-identity-v1";
 
 /// An Ed25519 public key: the identity of a client or a server.
 #[pyclass(frozen, eq, hash, module = "toolwire._native")]
@@ -159,28 +154,11 @@ impl Identity {
 }
 
 fn encode(identity: &toolwire_protocol::Identity) -> Zeroizing<String> {
-    let seed = identity.to_seed();
-    Zeroizing::new(format!("{HEADER}\n{}\n", URL_SAFE_NO_PAD.encode(*seed)))
+    identity.to_file_text()
 }
 
 fn decode(text: &str) -> Result<toolwire_protocol::Identity, String> {
-    let mut lines = text.lines();
-    if lines.next().map(str::trim) != Some(HEADER) {
-        return Err(format!(
-            "not a toolwire identity file (the first line must be `{HEADER}`)"
-        ));
-    }
-    let encoded = lines.next().map(str::trim).unwrap_or_default();
-    let seed = Zeroizing::new(
-        URL_SAFE_NO_PAD
-            .decode(encoded)
-            .map_err(|_| "the seed line is not unpadded base64url".to_owned())?,
-    );
-    let seed: &[u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("the seed is {} bytes, expected 32", seed.len()))?;
-    Ok(toolwire_protocol::Identity::from_seed(seed))
+    toolwire_protocol::Identity::from_file_text(text).map_err(|error| error.to_string())
 }
 
 fn sibling_temp_path(path: &Path) -> PathBuf {

@@ -9,42 +9,20 @@
 //! never overwritten unless asked: an overwritten identity cannot be recovered.
 
 use crate::error::{CliError, CliResult};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use toolwire_protocol::{Identity, IdentityKey};
 use zeroize::Zeroizing;
 
-/// First line of every identity file.
-pub(crate) const HEADER: &str = "toolwire-identity-v1";
-
-/// The text of an identity file for `identity`.
+/// The text of an identity file for `identity` (format: [`Identity::to_file_text`]).
 fn encode(identity: &Identity) -> Zeroizing<String> {
-    let seed = identity.to_seed();
-    Zeroizing::new(format!("{HEADER}\n{}\n", URL_SAFE_NO_PAD.encode(*seed)))
+    identity.to_file_text()
 }
 
 /// Parses the text of an identity file.
 fn decode(text: &str) -> Result<Identity, String> {
-    let mut lines = text.lines();
-    if lines.next().map(str::trim) != Some(HEADER) {
-        return Err(format!(
-            "not a toolwire identity file (the first line must be `{HEADER}`)"
-        ));
-    }
-    let encoded = lines.next().map(str::trim).unwrap_or_default();
-    let seed = Zeroizing::new(
-        URL_SAFE_NO_PAD
-            .decode(encoded)
-            .map_err(|_| "the seed line is not unpadded base64url".to_owned())?,
-    );
-    let seed: &[u8; 32] = seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("the seed is {} bytes, expected 32", seed.len()))?;
-    Ok(Identity::from_seed(seed))
+    Identity::from_file_text(text).map_err(|error| error.to_string())
 }
 
 /// Writes a new identity to `path` with mode 0600. Refuses an existing file unless

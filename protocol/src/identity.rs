@@ -171,6 +171,67 @@ impl Identity {
     }
 }
 
+/// First line of an identity file (the text form of an [`Identity`]).
+pub const IDENTITY_FILE_HEADER: &str = "toolwire-identity-v1";
+
+/// Why the text of an identity file was refused. The messages name the fault, never
+/// the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityFileError {
+    /// The first line is not [`IDENTITY_FILE_HEADER`].
+    #[error("not a toolwire identity file (the first line must be `{IDENTITY_FILE_HEADER}`)")]
+    NotAnIdentityFile,
+    /// The second line is not unpadded base64url.
+    #[error("the seed line is not unpadded base64url")]
+    SeedEncoding,
+    /// The seed does not decode to 32 bytes.
+    #[error("the seed is {0} bytes, expected 32")]
+    SeedLength(usize),
+}
+
+impl Identity {
+    /// The text of an identity file, shared by the CLI and the Python package:
+    ///
+    /// ```text
+    /// toolwire-identity-v1
+    /// <43 characters: unpadded base64url of the 32-byte seed>
+    /// ```
+    ///
+    /// Zeroized when dropped. Write it with owner-only permissions.
+    pub fn to_file_text(&self) -> Zeroizing<String> {
+        let seed = self.to_seed();
+        Zeroizing::new(format!(
+            "{IDENTITY_FILE_HEADER}\n{}\n",
+            URL_SAFE_NO_PAD.encode(*seed)
+        ))
+    }
+
+    /// Parses the text of an identity file written by
+    /// [`to_file_text`](Self::to_file_text) (surrounding whitespace on each line is
+    /// ignored).
+    ///
+    /// # Errors
+    /// [`IdentityFileError`] naming what is wrong.
+    pub fn from_file_text(text: &str) -> Result<Self, IdentityFileError> {
+        let mut lines = text.lines();
+        if lines.next().map(str::trim) != Some(IDENTITY_FILE_HEADER) {
+            return Err(IdentityFileError::NotAnIdentityFile);
+        }
+        let encoded = lines.next().map(str::trim).unwrap_or_default();
+        let seed = Zeroizing::new(
+            URL_SAFE_NO_PAD
+                .decode(encoded)
+                .map_err(|_| IdentityFileError::SeedEncoding)?,
+        );
+        let seed: &[u8; 32] = seed
+            .as_slice()
+            .try_into()
+            .map_err(|_| IdentityFileError::SeedLength(seed.len()))?;
+        Ok(Self::from_seed(seed))
+    }
+}
+
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
@@ -192,6 +253,28 @@ mod tests {
         assert_eq!("short".parse::<IdentityKey>(), Err(KeyError::Encoding));
         let padded = format!("{}=", &text[..42]);
         assert_eq!(padded.parse::<IdentityKey>(), Err(KeyError::Encoding));
+    }
+
+    #[test]
+    fn identity_file_text_round_trips_and_names_faults() {
+        let identity = Identity::from_seed(&[9; 32]);
+        let text = identity.to_file_text();
+        assert!(text.starts_with("toolwire-identity-v1\n"));
+        assert_eq!(text.lines().nth(1).map(str::len), Some(43));
+        let decoded = Identity::from_file_text(&text).expect("decodes");
+        assert_eq!(decoded.public_key(), identity.public_key());
+        assert_eq!(
+            Identity::from_file_text("hello\n").map(|_| ()),
+            Err(IdentityFileError::NotAnIdentityFile)
+        );
+        assert_eq!(
+            Identity::from_file_text("toolwire-identity-v1\n!!!\n").map(|_| ()),
+            Err(IdentityFileError::SeedEncoding)
+        );
+        assert_eq!(
+            Identity::from_file_text("toolwire-identity-v1\nAAAA\n").map(|_| ()),
+            Err(IdentityFileError::SeedLength(3))
+        );
     }
 
     #[test]
