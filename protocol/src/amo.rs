@@ -116,9 +116,42 @@
 use crate::codes::ErrorCode;
 use crate::handshake::{SessionInfo, LINEAGE_LEN};
 use crate::identity::IdentityKey;
-use crate::message::ErrorMessage;
+use crate::message::{ErrorMessage, Request};
 use crate::replay::{ReplayError, RequestIdWindow, SEQUENCE_LIMIT};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Domain string of a [`CallFingerprint`].
+const FINGERPRINT_DOMAIN: &[u8] = b"toolwire/1 amo call fingerprint";
+
+/// What identifies the call behind a request id (AMO-019): SHA-256 over the
+/// pre-authentication encoding of a domain string, the tool name, the argument bytes
+/// and the grant id (empty when none). The session id is left out, so a retry on a
+/// new connection has the same fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallFingerprint(pub [u8; 32]);
+
+impl CallFingerprint {
+    /// The fingerprint of a call of `tool` with `args` under `grant_id`.
+    pub fn of(tool: &str, args: &[u8], grant_id: &str) -> Self {
+        let encoded = crate::paseto::pae(&[
+            FINGERPRINT_DOMAIN,
+            tool.as_bytes(),
+            args,
+            grant_id.as_bytes(),
+        ]);
+        Self(Sha256::digest(encoded).into())
+    }
+
+    /// The fingerprint of `request`'s call.
+    pub fn of_request(request: &Request) -> Self {
+        Self::of(
+            &request.tool,
+            &request.args,
+            request.grant_id.as_deref().unwrap_or(""),
+        )
+    }
+}
 
 /// A lineage id: 16 bytes chosen by the client (or derived from the session id).
 pub type LineageId = [u8; LINEAGE_LEN];
@@ -245,9 +278,14 @@ pub enum Admission {
     Unavailable,
     /// The id is at or above 2^62: answer INVALID_ARGUMENT. Nothing was recorded.
     IdOutOfRange,
-    /// The table is full of lineages with calls in flight: answer UNAVAILABLE.
-    /// Nothing was recorded; the client may retry later.
+    /// The table is full of lineages with calls in flight (or a durable store cannot
+    /// reach its backend): answer UNAVAILABLE. Nothing was recorded; the client may
+    /// retry later.
     Overloaded,
+    /// The id is in flight or has a cached outcome, but the call that used it had
+    /// another tool, other arguments or another grant id (AMO-019): answer
+    /// FAILED_PRECONDITION, never the other call's outcome.
+    Mismatch,
 }
 
 impl Admission {
@@ -261,6 +299,7 @@ impl Admission {
             Self::Unavailable => Some(ErrorCode::RESULT_UNAVAILABLE),
             Self::IdOutOfRange => Some(ErrorCode::INVALID_ARGUMENT),
             Self::Overloaded => Some(ErrorCode::UNAVAILABLE),
+            Self::Mismatch => Some(ErrorCode::FAILED_PRECONDITION),
         }
     }
 }
@@ -280,6 +319,21 @@ pub trait AtMostOnceStore {
     /// (AMO-017). `retry` is the REQUEST's `retry` flag. An [`Admission::Execute`]
     /// marks the id in flight.
     fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission;
+
+    /// [`admit`](Self::admit) for a call with this `fingerprint` (AMO-019): a store
+    /// that keeps fingerprints answers [`Admission::Mismatch`] when the id is in
+    /// flight or cached for a call with another fingerprint, and keeps this one with
+    /// an id it lets execute. The default ignores the fingerprint.
+    fn admit_call(
+        &mut self,
+        key: &LineageKey,
+        request_id: u64,
+        retry: bool,
+        fingerprint: &CallFingerprint,
+    ) -> Admission {
+        let _ = fingerprint;
+        self.admit(key, request_id, retry)
+    }
 
     /// Records the outcome of an id that [`admit`](Self::admit) let execute, and
     /// caches it within the limits (AMO-028, AMO-029, AMO-030). Returns true when this
@@ -348,10 +402,10 @@ struct LineageState {
     window: RequestIdWindow,
     /// Created without knowledge of the lineage's past (AMO-005).
     recovered: bool,
-    /// Ids executing now.
-    in_flight: BTreeSet<u64>,
-    /// Cached outcomes by id.
-    results: BTreeMap<u64, CachedOutcome>,
+    /// Ids executing now, with the fingerprint of their call when known.
+    in_flight: BTreeMap<u64, Option<CallFingerprint>>,
+    /// Cached outcomes by id, with the fingerprint of their call when known.
+    results: BTreeMap<u64, (CachedOutcome, Option<CallFingerprint>)>,
     /// Ids of `results` in completion order, oldest first.
     completion_order: VecDeque<u64>,
     /// Recency stamp (key of `AtMostOnceTable::recency`).
@@ -359,18 +413,22 @@ struct LineageState {
 }
 
 impl LineageState {
-    /// Drops the oldest cached outcome; returns its size, or `None` when empty.
-    fn drop_oldest_result(&mut self) -> Option<usize> {
+    /// Drops the oldest cached outcome; returns its id and size, or `None` when
+    /// empty.
+    fn drop_oldest_result(&mut self) -> Option<(u64, usize)> {
         while let Some(id) = self.completion_order.pop_front() {
-            if let Some(outcome) = self.results.remove(&id) {
-                return Some(outcome.size());
+            if let Some((outcome, _)) = self.results.remove(&id) {
+                return Some((id, outcome.size()));
             }
         }
         None
     }
 
     fn cached_bytes(&self) -> usize {
-        self.results.values().map(CachedOutcome::size).sum()
+        self.results
+            .values()
+            .map(|(outcome, _)| outcome.size())
+            .sum()
     }
 }
 
@@ -390,6 +448,87 @@ pub struct AtMostOnceTable {
     per_client: BTreeMap<IdentityKey, usize>,
     next_stamp: u64,
     cached_bytes: usize,
+    /// Changes not yet taken by a persisting store, when journaling is on
+    /// ([`AtMostOnceTable::with_journal`]).
+    journal: Option<Vec<AmoChange>>,
+}
+
+/// A change of an [`AtMostOnceTable`]'s state, for a store that persists the table
+/// ([`AtMostOnceTable::with_journal`], [`AtMostOnceTable::take_changes`]). Applied in
+/// order to a copy of the state, the changes keep it equal to the table's (apart
+/// from ids in flight, which a restored table treats as recorded without outcome,
+/// and recency, which the store approximates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AmoChange {
+    /// A lineage was created, empty.
+    LineageAdded {
+        /// The lineage.
+        key: LineageKey,
+        /// Created without knowledge of its past (AMO-005).
+        recovered: bool,
+    },
+    /// A lineage was dropped with its recorded ids and cached outcomes (AMO-032).
+    LineageDropped {
+        /// The lineage.
+        key: LineageKey,
+    },
+    /// An id was recorded (executing, or answered RESULT_UNAVAILABLE by rule 5).
+    /// Ids at or below `highest - RequestIdWindow::WINDOW` are no longer needed.
+    IdRecorded {
+        /// The lineage.
+        key: LineageKey,
+        /// The id.
+        id: u64,
+        /// The highest id recorded in the lineage, after this one.
+        highest: u64,
+    },
+    /// An outcome was cached for an id.
+    OutcomeCached {
+        /// The lineage.
+        key: LineageKey,
+        /// The id.
+        id: u64,
+        /// The outcome.
+        outcome: CachedOutcome,
+        /// The fingerprint of the call, when known (AMO-019).
+        fingerprint: Option<CallFingerprint>,
+    },
+    /// A cached outcome was dropped (AMO-029, AMO-030).
+    OutcomeDropped {
+        /// The lineage.
+        key: LineageKey,
+        /// The id.
+        id: u64,
+    },
+}
+
+/// The persisted state of one lineage, to rebuild a table after a restart
+/// ([`AtMostOnceTable::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoredLineage {
+    /// The lineage.
+    pub key: LineageKey,
+    /// Created without knowledge of its past (AMO-005).
+    pub recovered: bool,
+    /// Every id recorded (in any order; ids outside the window are ignored). Ids
+    /// that were in flight when the state was saved are among them, without outcome.
+    pub recorded: Vec<u64>,
+    /// Cached outcomes, oldest completion first, with their call's fingerprint.
+    pub outcomes: Vec<(u64, CachedOutcome, Option<CallFingerprint>)>,
+}
+
+impl RestoredLineage {
+    /// An empty lineage `key`.
+    pub fn new(key: LineageKey, recovered: bool) -> Self {
+        Self {
+            key,
+            recovered,
+            recorded: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
 }
 
 impl Default for AtMostOnceTable {
@@ -408,7 +547,95 @@ impl AtMostOnceTable {
             per_client: BTreeMap::new(),
             next_stamp: 0,
             cached_bytes: 0,
+            journal: None,
         }
+    }
+
+    /// Turns journaling on: from now on every change of state is also kept as an
+    /// [`AmoChange`] until [`take_changes`](Self::take_changes), so that a durable
+    /// store can write it (sans-IO: the table does no I/O itself).
+    #[must_use]
+    pub fn with_journal(mut self) -> Self {
+        self.journal.get_or_insert_with(Vec::new);
+        self
+    }
+
+    /// The changes since the last call, oldest first (empty without journaling).
+    pub fn take_changes(&mut self) -> Vec<AmoChange> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn log(&mut self, change: AmoChange) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.push(change);
+        }
+    }
+
+    /// A journaling table rebuilt from persisted lineages, given least recently used
+    /// first, within `config`'s bounds. Ids that were in flight are recorded without
+    /// outcome, so their retries are answered RESULT_UNAVAILABLE, never executed.
+    /// The journal then holds only the drops the bounds required (lineages or
+    /// outcomes beyond them), for the store to apply.
+    pub fn restore(config: AmoConfig, lineages: impl IntoIterator<Item = RestoredLineage>) -> Self {
+        let mut table = Self::new(config).with_journal();
+        for restored in lineages {
+            let key = restored.key;
+            if table.lineages.contains_key(&key) || !table.ensure(&key, restored.recovered) {
+                continue;
+            }
+            let mut recorded = restored.recorded;
+            recorded.sort_unstable();
+            let max_result_bytes = table.config.max_result_bytes;
+            let results_per_lineage = table.config.results_per_lineage;
+            let mut added = 0;
+            let mut dropped = Vec::new();
+            if let Some(state) = table.lineages.get_mut(&key) {
+                for id in recorded {
+                    let _ = state.window.update(id);
+                }
+                for (id, outcome, fingerprint) in restored.outcomes {
+                    let known = state.window.check(id) == Err(ReplayError::Duplicate);
+                    if !known || outcome.size() > max_result_bytes || results_per_lineage == 0 {
+                        dropped.push(id);
+                        continue;
+                    }
+                    added += outcome.size();
+                    if let Some((old, _)) = state.results.insert(id, (outcome, fingerprint)) {
+                        added -= old.size();
+                    }
+                    state.completion_order.retain(|queued| *queued != id);
+                    state.completion_order.push_back(id);
+                    while state.results.len() > results_per_lineage {
+                        match state.drop_oldest_result() {
+                            Some((id, size)) => {
+                                added -= size;
+                                dropped.push(id);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+            }
+            table.cached_bytes = table.cached_bytes.saturating_add(added);
+            for id in dropped {
+                table.log(AmoChange::OutcomeDropped { key, id });
+            }
+        }
+        table.enforce_total_bytes();
+        if let Some(journal) = table.journal.as_mut() {
+            journal.retain(|change| !matches!(change, AmoChange::LineageAdded { .. }));
+        }
+        table
+    }
+
+    /// Whether `request_id` of lineage `key` is executing now.
+    pub fn is_in_flight(&self, key: &LineageKey, request_id: u64) -> bool {
+        self.lineages
+            .get(key)
+            .is_some_and(|state| state.in_flight.contains_key(&request_id))
     }
 
     /// The bounds in force.
@@ -456,6 +683,7 @@ impl AtMostOnceTable {
     /// Drops lineage `key` with its cached outcomes.
     fn drop_lineage(&mut self, key: &LineageKey) {
         if let Some(state) = self.lineages.remove(key) {
+            self.log(AmoChange::LineageDropped { key: *key });
             self.recency.remove(&state.last_used);
             self.cached_bytes = self.cached_bytes.saturating_sub(state.cached_bytes());
             if let Some(count) = self.per_client.get_mut(&key.client) {
@@ -505,7 +733,7 @@ impl AtMostOnceTable {
             LineageState {
                 window: RequestIdWindow::new(),
                 recovered,
-                in_flight: BTreeSet::new(),
+                in_flight: BTreeMap::new(),
                 results: BTreeMap::new(),
                 completion_order: VecDeque::new(),
                 last_used: stamp,
@@ -513,6 +741,10 @@ impl AtMostOnceTable {
         );
         self.recency.insert(stamp, *key);
         *self.per_client.entry(key.client).or_insert(0) += 1;
+        self.log(AmoChange::LineageAdded {
+            key: *key,
+            recovered,
+        });
         true
     }
 
@@ -520,19 +752,26 @@ impl AtMostOnceTable {
     /// is within [`AmoConfig::max_total_result_bytes`] (AMO-030).
     fn enforce_total_bytes(&mut self) {
         let limit = self.config.max_total_result_bytes;
+        let mut dropped = Vec::new();
         for key in self.recency.values() {
             if self.cached_bytes <= limit {
-                return;
+                break;
             }
             let Some(state) = self.lineages.get_mut(key) else {
                 continue;
             };
             while self.cached_bytes > limit {
                 match state.drop_oldest_result() {
-                    Some(size) => self.cached_bytes = self.cached_bytes.saturating_sub(size),
+                    Some((id, size)) => {
+                        self.cached_bytes = self.cached_bytes.saturating_sub(size);
+                        dropped.push(AmoChange::OutcomeDropped { key: *key, id });
+                    }
                     None => break,
                 }
             }
+        }
+        for change in dropped {
+            self.log(change);
         }
     }
 }
@@ -545,55 +784,55 @@ impl AtMostOnceStore for AtMostOnceTable {
     }
 
     fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission {
-        if request_id >= SEQUENCE_LIMIT {
-            return Admission::IdOutOfRange;
-        }
-        // Unknown here means never attached or dropped: its past is unknown.
-        if !self.ensure(key, true) {
-            return Admission::Overloaded;
-        }
-        let Some(state) = self.lineages.get_mut(key) else {
-            return Admission::Overloaded;
-        };
-        if state.in_flight.contains(&request_id) {
-            return Admission::InFlight;
-        }
-        if let Some(outcome) = state.results.get(&request_id) {
-            return Admission::Duplicate(outcome.clone());
-        }
-        match state.window.update(request_id) {
-            Err(ReplayError::TooOld) => Admission::Stale,
-            Err(ReplayError::Duplicate) => Admission::Unavailable,
-            Err(ReplayError::LimitReached) => Admission::IdOutOfRange,
-            Ok(()) if retry && state.recovered => Admission::Unavailable,
-            Ok(()) => {
-                state.in_flight.insert(request_id);
-                Admission::Execute
-            }
-        }
+        self.admit_with(key, request_id, retry, None)
+    }
+
+    fn admit_call(
+        &mut self,
+        key: &LineageKey,
+        request_id: u64,
+        retry: bool,
+        fingerprint: &CallFingerprint,
+    ) -> Admission {
+        self.admit_with(key, request_id, retry, Some(fingerprint))
     }
 
     fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool {
         let Some(state) = self.lineages.get_mut(key) else {
             return false;
         };
-        if !state.in_flight.remove(&request_id) {
+        let Some(fingerprint) = state.in_flight.remove(&request_id) else {
             return false;
-        }
+        };
         let size = outcome.size();
         let cacheable = self.config.results_per_lineage > 0
             && size <= self.config.max_result_bytes
             && size <= self.config.max_total_result_bytes;
+        let mut changes = Vec::new();
         if cacheable {
-            state.results.insert(request_id, outcome);
+            if self.journal.is_some() {
+                changes.push(AmoChange::OutcomeCached {
+                    key: *key,
+                    id: request_id,
+                    outcome: outcome.clone(),
+                    fingerprint,
+                });
+            }
+            state.results.insert(request_id, (outcome, fingerprint));
             state.completion_order.push_back(request_id);
             self.cached_bytes = self.cached_bytes.saturating_add(size);
             while state.results.len() > self.config.results_per_lineage {
                 match state.drop_oldest_result() {
-                    Some(dropped) => self.cached_bytes = self.cached_bytes.saturating_sub(dropped),
+                    Some((id, dropped)) => {
+                        self.cached_bytes = self.cached_bytes.saturating_sub(dropped);
+                        changes.push(AmoChange::OutcomeDropped { key: *key, id });
+                    }
                     None => break,
                 }
             }
+        }
+        for change in changes {
+            self.log(change);
         }
         self.touch(key);
         self.enforce_total_bytes();
@@ -604,6 +843,60 @@ impl AtMostOnceStore for AtMostOnceTable {
         if let Some(state) = self.lineages.get_mut(key) {
             state.in_flight.remove(&request_id);
         }
+    }
+}
+
+impl AtMostOnceTable {
+    /// [`AtMostOnceStore::admit`], with the call's fingerprint when known.
+    fn admit_with(
+        &mut self,
+        key: &LineageKey,
+        request_id: u64,
+        retry: bool,
+        fingerprint: Option<&CallFingerprint>,
+    ) -> Admission {
+        if request_id >= SEQUENCE_LIMIT {
+            return Admission::IdOutOfRange;
+        }
+        // Unknown here means never attached or dropped: its past is unknown.
+        if !self.ensure(key, true) {
+            return Admission::Overloaded;
+        }
+        let Some(state) = self.lineages.get_mut(key) else {
+            return Admission::Overloaded;
+        };
+        let differs = |recorded: &Option<CallFingerprint>| matches!((recorded, fingerprint), (Some(recorded), Some(given)) if recorded != given);
+        if let Some(recorded) = state.in_flight.get(&request_id) {
+            return if differs(recorded) {
+                Admission::Mismatch
+            } else {
+                Admission::InFlight
+            };
+        }
+        if let Some((outcome, recorded)) = state.results.get(&request_id) {
+            return if differs(recorded) {
+                Admission::Mismatch
+            } else {
+                Admission::Duplicate(outcome.clone())
+            };
+        }
+        let admission = match state.window.update(request_id) {
+            Err(ReplayError::TooOld) => return Admission::Stale,
+            Err(ReplayError::Duplicate) => return Admission::Unavailable,
+            Err(ReplayError::LimitReached) => return Admission::IdOutOfRange,
+            Ok(()) if retry && state.recovered => Admission::Unavailable,
+            Ok(()) => {
+                state.in_flight.insert(request_id, fingerprint.copied());
+                Admission::Execute
+            }
+        };
+        let highest = state.window.highest().unwrap_or(request_id);
+        self.log(AmoChange::IdRecorded {
+            key: *key,
+            id: request_id,
+            highest,
+        });
+        admission
     }
 }
 

@@ -1059,9 +1059,10 @@ impl RequestPipeline<'_> {
 
     /// Step 7.
     fn admit(&mut self, session: &SessionAuthz, request: &Request) -> Result<Passed, Refusal> {
-        let admission = self
-            .at_most_once
-            .admit(&session.lineage, request.id, request.retry);
+        let fingerprint = crate::amo::CallFingerprint::of_request(request);
+        let admission =
+            self.at_most_once
+                .admit_call(&session.lineage, request.id, request.retry, &fingerprint);
         let message = match admission {
             Admission::Execute => return Ok(Passed::Execute),
             Admission::Duplicate(outcome) => return Ok(Passed::Cached(outcome)),
@@ -1070,6 +1071,7 @@ impl RequestPipeline<'_> {
             Admission::Unavailable => "result unavailable: the call may have run",
             Admission::IdOutOfRange => "request id out of range",
             Admission::Overloaded => "server busy, retry later",
+            Admission::Mismatch => "request id already used for a different call",
         };
         let code = admission.error_code().unwrap_or(ErrorCode::UNAVAILABLE);
         Err(Refusal::new(Step::AtMostOnce, code, message))

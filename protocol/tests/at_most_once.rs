@@ -759,3 +759,159 @@ proptest! {
         }
     }
 }
+
+/// Clauses: AMO-019 — a duplicate whose tool, arguments or grant id differ from the
+/// call that produced the cached outcome (or that is still running) is refused with
+/// FAILED_PRECONDITION instead of being answered with another call's outcome; the
+/// same call is answered from the cache.
+#[test]
+fn a_reused_id_with_another_call_is_a_mismatch() {
+    use toolwire_protocol::amo::CallFingerprint;
+    let (mut table, key) = fresh(AmoConfig::default());
+    let call = CallFingerprint::of("echo", b"\x81\xa1a\x01", "");
+    let other_args = CallFingerprint::of("echo", b"\x81\xa1a\x02", "");
+    let other_tool = CallFingerprint::of("delete", b"\x81\xa1a\x01", "");
+    let other_grant = CallFingerprint::of("echo", b"\x81\xa1a\x01", "g-2");
+    assert_eq!(table.admit_call(&key, 1, false, &call), Admission::Execute);
+    assert_eq!(
+        table.admit_call(&key, 1, true, &other_args),
+        Admission::Mismatch
+    );
+    assert_eq!(table.admit_call(&key, 1, true, &call), Admission::InFlight);
+    assert!(table.complete(&key, 1, result(b"one")));
+    for different in [other_args, other_tool, other_grant] {
+        let answer = table.admit_call(&key, 1, true, &different);
+        assert_eq!(answer, Admission::Mismatch);
+        assert_eq!(answer.error_code(), Some(ErrorCode::FAILED_PRECONDITION));
+    }
+    assert_eq!(
+        table.admit_call(&key, 1, true, &call),
+        Admission::Duplicate(result(b"one"))
+    );
+}
+
+/// Rebuilds a table from a journal, the way a durable store does: the changes are
+/// applied to a copy of the state, which is then restored.
+fn replay_journal(
+    config: AmoConfig,
+    changes: &[toolwire_protocol::amo::AmoChange],
+) -> AtMostOnceTable {
+    use toolwire_protocol::amo::{AmoChange, RestoredLineage};
+    let mut lineages: BTreeMap<LineageKey, RestoredLineage> = BTreeMap::new();
+    let mut order: Vec<LineageKey> = Vec::new();
+    let mut touch = |order: &mut Vec<LineageKey>, key: LineageKey| {
+        order.retain(|held| *held != key);
+        order.push(key);
+    };
+    for change in changes {
+        match change.clone() {
+            AmoChange::LineageAdded { key, recovered } => {
+                lineages.insert(key, RestoredLineage::new(key, recovered));
+                touch(&mut order, key);
+            }
+            AmoChange::LineageDropped { key } => {
+                lineages.remove(&key);
+                order.retain(|held| *held != key);
+            }
+            AmoChange::IdRecorded { key, id, .. } => {
+                if let Some(lineage) = lineages.get_mut(&key) {
+                    lineage.recorded.push(id);
+                }
+                touch(&mut order, key);
+            }
+            AmoChange::OutcomeCached {
+                key,
+                id,
+                outcome,
+                fingerprint,
+            } => {
+                if let Some(lineage) = lineages.get_mut(&key) {
+                    lineage.outcomes.push((id, outcome, fingerprint));
+                }
+                touch(&mut order, key);
+            }
+            AmoChange::OutcomeDropped { key, id } => {
+                if let Some(lineage) = lineages.get_mut(&key) {
+                    lineage.outcomes.retain(|(held, _, _)| *held != id);
+                }
+            }
+            other => panic!("unexpected change {other:?}"),
+        }
+    }
+    let restored: Vec<_> = order
+        .iter()
+        .filter_map(|key| lineages.remove(key))
+        .collect();
+    AtMostOnceTable::restore(config, restored)
+}
+
+/// Clauses: AMO-035 — the journal of a table, applied to a store and restored after
+/// a restart, gives the same answers: completed calls are answered with their
+/// outcome, ids in flight at the restart are RESULT_UNAVAILABLE (recorded, outcome
+/// unknown) and never executed, evicted outcomes stay evicted, and new ids execute.
+#[test]
+fn a_table_restored_from_its_journal_answers_as_before() {
+    let config = config(|config| config.results_per_lineage = 2);
+    let mut table = AtMostOnceTable::new(config.clone()).with_journal();
+    let key = lineage(1, 1);
+    table.attach(&key, LineageOrigin::Fresh);
+    for id in 1..=3 {
+        assert_eq!(table.admit(&key, id, false), Admission::Execute);
+        assert!(table.complete(&key, id, result(&[id as u8])));
+    }
+    assert_eq!(table.admit(&key, 4, false), Admission::Execute);
+    let changes = table.take_changes();
+    assert!(table.take_changes().is_empty());
+
+    let mut restored = replay_journal(config, &changes);
+    assert!(restored.take_changes().is_empty());
+    assert_eq!(restored.admit(&key, 1, true), Admission::Unavailable);
+    assert_eq!(
+        restored.admit(&key, 2, true),
+        Admission::Duplicate(result(&[2]))
+    );
+    assert_eq!(
+        restored.admit(&key, 3, true),
+        Admission::Duplicate(result(&[3]))
+    );
+    assert_eq!(restored.admit(&key, 4, true), Admission::Unavailable);
+    assert_eq!(restored.admit(&key, 5, false), Admission::Execute);
+    // A lineage the store never held is recovered after the restart.
+    let other = lineage(2, 2);
+    restored.attach(&other, LineageOrigin::Resumed);
+    assert_eq!(restored.admit(&other, 1, true), Admission::Unavailable);
+}
+
+/// Clauses: AMO-031, AMO-029 — a store holding more than the bounds of the restarted
+/// server (its limits were lowered) is restored within them, and the journal names
+/// what was dropped so that the store drops it too.
+#[test]
+fn a_restore_applies_the_bounds_and_journals_the_drops() {
+    use toolwire_protocol::amo::{AmoChange, RestoredLineage};
+    let mut lineages = Vec::new();
+    for n in 1..=3u8 {
+        let mut restored = RestoredLineage::new(lineage(1, n), false);
+        restored.recorded = vec![1, 2, 3];
+        restored.outcomes = (1..=3)
+            .map(|id| (id, result(&[n, id as u8]), None))
+            .collect();
+        lineages.push(restored);
+    }
+    let bounds = config(|config| {
+        config.max_lineages = 2;
+        config.results_per_lineage = 1;
+    });
+    let mut table = AtMostOnceTable::restore(bounds, lineages);
+    assert_eq!(table.len(), 2);
+    let changes = table.take_changes();
+    assert!(changes.contains(&AmoChange::LineageDropped { key: lineage(1, 1) }));
+    assert!(changes.contains(&AmoChange::OutcomeDropped {
+        key: lineage(1, 3),
+        id: 2
+    }));
+    assert_eq!(
+        table.admit(&lineage(1, 3), 3, true),
+        Admission::Duplicate(result(&[3, 3]))
+    );
+    assert_eq!(table.admit(&lineage(1, 3), 2, true), Admission::Unavailable);
+}
