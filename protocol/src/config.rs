@@ -113,6 +113,8 @@ pub struct ClientConfig {
     pub(crate) identity: Identity,
     pub(crate) static_binding: StaticBinding,
     pub(crate) trusted_servers: Vec<IdentityKey>,
+    pub(crate) trusted_operators: Vec<IdentityKey>,
+    pub(crate) max_clock_skew_secs: i64,
     pub(crate) endpoint: String,
     pub(crate) cap_request: CapRequest,
     pub(crate) lineage: Option<[u8; 16]>,
@@ -135,6 +137,8 @@ impl ClientConfig {
             identity,
             static_binding,
             trusted_servers,
+            trusted_operators: Vec::new(),
+            max_clock_skew_secs: 30,
             endpoint: endpoint.into(),
             cap_request: CapRequest::default(),
             lineage: None,
@@ -146,6 +150,22 @@ impl ClientConfig {
     /// presented.
     pub fn with_cap_request(mut self, cap_request: CapRequest) -> Self {
         self.cap_request = cap_request;
+        self
+    }
+
+    /// Also trust every server whose identity key one of these operator keys certified
+    /// (ID-011): the server presents the certificate in its ServerHello. Checking it
+    /// needs the wall-clock time, so the connection must be created with
+    /// [`Connection::client_at`](crate::Connection::client_at).
+    pub fn with_trusted_operators(mut self, operators: Vec<IdentityKey>) -> Self {
+        self.trusted_operators = operators;
+        self
+    }
+
+    /// Tolerance for clock differences when checking a server certificate's validity
+    /// period. Default 30 s, as the server's for grants.
+    pub fn with_max_clock_skew_secs(mut self, seconds: i64) -> Self {
+        self.max_clock_skew_secs = seconds.max(0);
         self
     }
 
@@ -188,6 +208,7 @@ pub struct ServerConfig {
     pub(crate) endpoint: String,
     pub(crate) limits: ConnectionLimits,
     pub(crate) max_clock_skew_secs: i64,
+    pub(crate) certificate: Option<String>,
 }
 
 impl ServerConfig {
@@ -210,7 +231,30 @@ impl ServerConfig {
             endpoint: endpoint.into(),
             limits: ConnectionLimits::default(),
             max_clock_skew_secs: 30,
+            certificate: None,
         }
+    }
+
+    /// Presents this operator certificate for the server's identity key in every
+    /// ServerHello (ID-010), so clients that trust the operator accept the server
+    /// without pinning its key.
+    ///
+    /// # Errors
+    /// [`CertificateError`](crate::certificate::CertificateError) when the token is
+    /// not a well-formed certificate, or certifies another identity key
+    /// ([`WrongServer`](crate::certificate::CertificateError::WrongServer)): a
+    /// misconfiguration found at startup rather than by every client.
+    pub fn with_certificate(
+        mut self,
+        token: impl Into<String>,
+    ) -> Result<Self, crate::certificate::CertificateError> {
+        let token = token.into();
+        let certificate = crate::certificate::decode_unverified(&token)?;
+        if certificate.server != self.identity.public_key() {
+            return Err(crate::certificate::CertificateError::WrongServer);
+        }
+        self.certificate = Some(token);
+        Ok(self)
     }
 
     /// Allows these client identities (HS-028).

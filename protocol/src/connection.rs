@@ -107,6 +107,20 @@ impl Connection {
         Self::client_from(config, handshake, record, now)
     }
 
+    /// A client connection that knows the wall-clock time (`unix_now`, Unix seconds,
+    /// at `now`), which checking an operator's server certificate needs (ID-013).
+    /// Otherwise as [`client`](Self::client), which trusts pinned keys only.
+    pub fn client_at(
+        config: Arc<ClientConfig>,
+        now: Instant,
+        unix_now: i64,
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Self {
+        let mut connection = Self::client(config, now, rng);
+        connection.unix_at_start = unix_now;
+        connection
+    }
+
     fn client_from(
         config: Arc<ClientConfig>,
         handshake: ClientHandshake,
@@ -292,13 +306,16 @@ impl Connection {
         let state = std::mem::replace(&mut self.state, State::Closed);
         let result = match state {
             State::ClientAwaitingServerHello(handshake) => {
-                handshake.read_server_hello(record).map(|finished| {
-                    self.transmits.push_back(finished.record);
-                    self.session_lifetime =
-                        Duration::from_millis(finished.session.params.session_lifetime_ms)
-                            .min(self.limits.session_lifetime);
-                    self.establish(now, finished.transport, finished.session);
-                })
+                let unix_now = self.unix_time(now);
+                handshake
+                    .read_server_hello_at(record, unix_now)
+                    .map(|finished| {
+                        self.transmits.push_back(finished.record);
+                        self.session_lifetime =
+                            Duration::from_millis(finished.session.params.session_lifetime_ms)
+                                .min(self.limits.session_lifetime);
+                        self.establish(now, finished.transport, finished.session);
+                    })
             }
             State::ServerAwaitingInit(handshake) => {
                 handshake.read_client_init(record).map(|(next, reply)| {

@@ -625,7 +625,7 @@ fn parse_token(token: String) -> Result<(Parsed, Option<String>), GrantError> {
 }
 
 /// Canonical identity-key text to bytes; `field` names the claim in errors.
-fn parse_key(text: &str, field: &'static str) -> Result<[u8; 32], GrantError> {
+pub(crate) fn parse_key(text: &str, field: &'static str) -> Result<[u8; 32], GrantError> {
     // Length check first so oversized input is never decoded.
     if text.len() != KEY_TEXT_LEN {
         return Err(GrantError::Malformed(field));
@@ -652,12 +652,12 @@ fn valid_grant_id(id: &str) -> bool {
 }
 
 /// RFC 3339 timestamp; `field` names the claim in errors.
-fn parse_time(text: &str, field: &'static str) -> Result<OffsetDateTime, GrantError> {
+pub(crate) fn parse_time(text: &str, field: &'static str) -> Result<OffsetDateTime, GrantError> {
     OffsetDateTime::parse(text, &Rfc3339).map_err(|_| GrantError::Malformed(field))
 }
 
 /// RFC 3339 in UTC (`...Z`), so issued tokens have one spelling per instant.
-fn format_time(t: OffsetDateTime, field: &'static str) -> Result<String, GrantError> {
+pub(crate) fn format_time(t: OffsetDateTime, field: &'static str) -> Result<String, GrantError> {
     t.checked_to_offset(UtcOffset::UTC)
         .ok_or(GrantError::Malformed(field))?
         .format(&Rfc3339)

@@ -19,6 +19,7 @@
 //! failed handshake cannot be continued and handshake and transport calls cannot be
 //! mixed.
 
+use crate::certificate::{verify_server_certificate, CertificateCheck};
 use crate::config::{ClientConfig, ServerConfig};
 use crate::error::{AuthFailure, Error, Malformed};
 use crate::grant::{verify_grant, Grant, GrantError, VerifyContext};
@@ -74,6 +75,10 @@ pub struct ServerHello {
     pub signature: ByteBuf,
     /// Session parameters.
     pub params: SessionParams,
+    /// An operator's certificate for `identity` (ID-010), for clients that trust the
+    /// operator instead of pinning this server's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// Resumption request in message 3.
@@ -193,6 +198,33 @@ impl ClientHandshake {
         Self::start_with_ephemeral(config, ephemeral(rng))
     }
 
+    /// HS-015 / ID-003 / ID-011: a pinned key, or a key certified by a trusted operator.
+    fn server_is_trusted(
+        &self,
+        server: IdentityKey,
+        certificate: Option<&str>,
+        unix_now: i64,
+    ) -> bool {
+        if self.config.trusted_servers.contains(&server) {
+            return true;
+        }
+        let (Some(token), false, true) = (
+            certificate,
+            self.config.trusted_operators.is_empty(),
+            unix_now > 0,
+        ) else {
+            return false;
+        };
+        let check = CertificateCheck {
+            trusted_operators: &self.config.trusted_operators,
+            server,
+            endpoint: &self.config.endpoint,
+            now_unix: unix_now,
+            max_clock_skew_secs: self.config.max_clock_skew_secs,
+        };
+        verify_server_certificate(token, &check).is_ok()
+    }
+
     pub(crate) fn start_with_ephemeral(
         config: Arc<ClientConfig>,
         ephemeral: KeyPair,
@@ -220,7 +252,21 @@ impl ClientHandshake {
     /// [`Error::AuthFailed`] when the server identity's signature is bad or the
     /// identity is not pinned; [`Error::Malformed`] for bad lengths or payloads;
     /// header errors as in [`record::RecordHeader::parse`].
-    pub fn read_server_hello(mut self, record: &[u8]) -> Result<ClientFinished, Error> {
+    pub fn read_server_hello(self, record: &[u8]) -> Result<ClientFinished, Error> {
+        self.read_server_hello_at(record, 0)
+    }
+
+    /// [`read_server_hello`](Self::read_server_hello) with the wall-clock time
+    /// (`unix_now`, Unix seconds), which checking an operator's server certificate
+    /// needs (ID-013). With `unix_now <= 0` (no clock) only pinned keys are trusted.
+    ///
+    /// # Errors
+    /// As [`read_server_hello`](Self::read_server_hello).
+    pub fn read_server_hello_at(
+        mut self,
+        record: &[u8],
+        unix_now: i64,
+    ) -> Result<ClientFinished, Error> {
         let body = record::open_handshake_record(
             record,
             RecordType::HANDSHAKE_2,
@@ -238,7 +284,7 @@ impl ClientHandshake {
             SERVER_STATIC_DOMAIN,
             &remote_static,
         )?;
-        if !self.config.trusted_servers.contains(&server) {
+        if !self.server_is_trusted(server, hello.certificate.as_deref(), unix_now) {
             return Err(Error::AuthFailed(AuthFailure::UntrustedServer));
         }
         let client_hello = ClientHello {
@@ -350,6 +396,7 @@ impl ServerHandshake {
                 session_lifetime_ms: millis(limits.session_lifetime),
                 idle_timeout_ms: millis(limits.idle_timeout),
             },
+            certificate: self.config.certificate.clone(),
         };
         let mut message = Vec::new();
         self.noise

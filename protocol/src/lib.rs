@@ -91,11 +91,13 @@
 pub mod amo;
 pub mod audit;
 pub mod authz;
+pub mod certificate;
 pub mod codes;
 pub mod config;
 pub mod connection;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod grant;
 pub mod handshake;
 pub mod identity;

@@ -304,6 +304,7 @@ fn server_hello(identity: IdentityKey, signature: [u8; 64]) -> ServerHello {
             session_lifetime_ms: 62 * 60 * 1000,
             idle_timeout_ms: 90_000,
         },
+        certificate: None,
     }
 }
 

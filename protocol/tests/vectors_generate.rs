@@ -741,6 +741,7 @@ fn server_hello_payload(identity: &[u8], signature: &[u8]) -> Vec<u8> {
         identity: ByteBuf::from(identity.to_vec()),
         signature: ByteBuf::from(signature.to_vec()),
         params: default_params(),
+        certificate: None,
     })
     .unwrap()
 }
