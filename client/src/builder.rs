@@ -27,6 +27,7 @@ impl Client {
 pub struct ClientBuilder {
     identity: Option<Identity>,
     trusted_servers: Vec<IdentityKey>,
+    trusted_operators: Vec<IdentityKey>,
     cap_request: CapRequest,
     limits: ConnectionLimits,
     sign_requests: bool,
@@ -40,6 +41,7 @@ impl Default for ClientBuilder {
         Self {
             identity: None,
             trusted_servers: Vec::new(),
+            trusted_operators: Vec::new(),
             cap_request: CapRequest {
                 tools: vec!["*".into()],
                 grants: Vec::new(),
@@ -64,6 +66,16 @@ impl ClientBuilder {
     /// proving any other identity is refused with AUTH_FAILED.
     pub fn pin_server(mut self, key: IdentityKey) -> Self {
         self.trusted_servers.push(key);
+        self
+    }
+
+    /// Trusts every server whose identity key this operator key certified (spec
+    /// section 3.1): the server presents the certificate in its handshake, and this
+    /// client checks its signature, subject, validity period (against the system
+    /// clock) and endpoint. A server neither pinned nor certified is refused with
+    /// AUTH_FAILED.
+    pub fn trust_operator(mut self, key: IdentityKey) -> Self {
+        self.trusted_operators.push(key);
         self
     }
 
@@ -171,8 +183,10 @@ impl ClientBuilder {
         let identity = self
             .identity
             .ok_or(ConnectError::Config("an identity is required"))?;
-        if self.trusted_servers.is_empty() {
-            return Err(ConnectError::Config("pin at least one server identity key"));
+        if self.trusted_servers.is_empty() && self.trusted_operators.is_empty() {
+            return Err(ConnectError::Config(
+                "pin at least one server identity key or trust an operator key",
+            ));
         }
         let tls = check_url(url, self.allow_plaintext)?;
         let mut request = url
@@ -189,6 +203,7 @@ impl ClientBuilder {
         }
         let config = ClientConfig::new(identity, self.trusted_servers, url, &mut rand_core::OsRng)
             .with_cap_request(self.cap_request)
+            .with_trusted_operators(self.trusted_operators)
             .with_limits(self.limits.clone());
         let connector = if tls {
             Connector::Rustls(self.tls_roots.client_config()?)

@@ -391,7 +391,12 @@ pub(crate) async fn open(
     if echoed != Some(SUBPROTOCOL) {
         return Err(ConnectError::SubprotocolNotAccepted);
     }
-    let connection = Connection::client(config.clone(), Instant::now(), &mut rand_core::OsRng);
+    let connection = Connection::client_at(
+        config.clone(),
+        Instant::now(),
+        unix_now(),
+        &mut rand_core::OsRng,
+    );
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (commands, command_receiver) = mpsc::unbounded_channel();
     let (ready, ready_receiver) = oneshot::channel();
@@ -802,4 +807,14 @@ impl Driver {
             .map(|tool| (tool.name, tool.digest.into_vec()))
             .collect();
     }
+}
+
+/// Wall-clock seconds, for checking server certificates (ID-013); 0 (no clock, so
+/// pinned keys only) if the system clock is before 1970.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }

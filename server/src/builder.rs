@@ -90,6 +90,9 @@ pub enum BuildError {
     /// The audit log could not be opened or continued.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditLogError),
+    /// The server certificate is malformed or certifies another identity key.
+    #[error("server certificate refused: {0}")]
+    Certificate(#[from] toolwire_protocol::certificate::CertificateError),
 }
 
 /// Why [`Server::replace_tool`] refused a tool.
@@ -172,6 +175,7 @@ impl Server {
             authorizer: None,
             admission: None,
             audit: None,
+            certificate: None,
             #[cfg(feature = "__fault_injection")]
             faults: Vec::new(),
         }
@@ -280,6 +284,7 @@ pub struct ServerBuilder {
     authorizer: Option<PolicyHook>,
     admission: Option<crate::admission::AdmissionHook>,
     audit: Option<(std::path::PathBuf, crate::audit::AuditOptions)>,
+    certificate: Option<String>,
     #[cfg(feature = "__fault_injection")]
     faults: Vec<crate::fault::Fault>,
 }
@@ -295,6 +300,18 @@ impl std::fmt::Debug for PolicyHook {
 }
 
 impl ServerBuilder {
+    /// Presents an operator's certificate for this server's identity key in every
+    /// handshake (spec section 3.1), so clients that trust the operator
+    /// ([`trust_operator`](https://docs.rs/toolwire-client) on the client builder)
+    /// accept this server without pinning its key. Issue one with
+    /// `toolwire cert issue` or
+    /// [`ServerCertificateBuilder`](toolwire_protocol::certificate::ServerCertificateBuilder).
+    /// [`build`](Self::build) refuses a certificate of another key.
+    pub fn certificate(mut self, token: impl Into<String>) -> Self {
+        self.certificate = Some(token.into());
+        self
+    }
+
     /// Allows a client identity to call every tool.
     pub fn allow_client(mut self, key: IdentityKey) -> Self {
         self.clients.insert(key, ToolAllowance::All);
@@ -434,11 +451,14 @@ impl ServerBuilder {
         if self.faults.contains(&crate::fault::Fault::SkipReplayCheck) {
             connection_limits.fault_skip_replay_check_for_conformance_testing_only = true;
         }
-        let protocol = ServerConfig::new(self.identity, self.endpoint, &mut rand_core::OsRng)
+        let mut protocol = ServerConfig::new(self.identity, self.endpoint, &mut rand_core::OsRng)
             .allow_clients(self.clients.keys().copied())
             .trust_grant_issuers(self.grant_issuers)
             .with_limits(connection_limits)
             .with_max_clock_skew(self.limits.max_clock_skew_secs);
+        if let Some(token) = self.certificate {
+            protocol = protocol.with_certificate(token)?;
+        }
         let mut authz_limits = AuthzLimits::default();
         authz_limits.max_in_flight = self.limits.max_in_flight;
         authz_limits.max_clock_skew_secs = self.limits.max_clock_skew_secs;
