@@ -21,8 +21,12 @@ pub(crate) struct ConnectArgs {
     identity: PathBuf,
     /// The server's identity key: the connection is refused unless the server
     /// proves it holds this key.
-    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
-    server_key: IdentityKey,
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key, required_unless_present = "trust_operators")]
+    server_key: Option<IdentityKey>,
+    /// Trust any server whose key this operator key certified (`toolwire cert issue`),
+    /// instead of (or besides) pinning --server-key (repeatable).
+    #[arg(long = "trust-operator", value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
+    trust_operators: Vec<IdentityKey>,
     /// A capability grant to present (a token from `toolwire grant issue`; repeatable).
     #[arg(long = "grant", value_name = "TOKEN")]
     grants: Vec<String>,
@@ -65,9 +69,13 @@ pub(crate) struct ToolsArgs {
 async fn connect(args: &ConnectArgs) -> CliResult<Session> {
     let identity = identity_file::read(&args.identity)?;
     let me = identity.public_key();
-    let mut builder = Client::builder()
-        .identity(identity)
-        .pin_server(args.server_key);
+    let mut builder = Client::builder().identity(identity);
+    if let Some(key) = args.server_key {
+        builder = builder.pin_server(key);
+    }
+    for key in &args.trust_operators {
+        builder = builder.trust_operator(*key);
+    }
     for grant in &args.grants {
         builder = builder.present_grant(grant.trim());
     }

@@ -50,7 +50,7 @@ pub(crate) struct IssueArgs {
 }
 
 /// Parses `90s`, `15m`, `1h`, `7d`.
-fn parse_ttl(text: &str) -> Result<time::Duration, String> {
+pub(crate) fn parse_ttl(text: &str) -> Result<time::Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

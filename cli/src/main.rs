@@ -25,6 +25,7 @@ macro_rules! errln {
 
 mod audit;
 mod call;
+mod cert;
 mod conformance;
 mod demo;
 mod error;
@@ -74,6 +75,8 @@ enum Command {
     /// Issues capability grants (PASETO v4.public tokens) offline.
     #[command(subcommand)]
     Grant(grant::GrantCommand),
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Runs a tool server and agents in one process, makes real calls, then plays
     /// attacks and shows how each is refused. Exit status 0 only if every call
     /// succeeded and every attack was refused with its specified code.
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Keygen(args) => keygen::run(&args).map(done),
         Command::Pubkey(args) => keygen::run_pubkey(&args).map(done),
         Command::Grant(command) => grant::run(command).map(done),
+        Command::Cert(command) => cert::run(command).map(done),
         Command::Serve(args) => block_on(serve::run(args))?.map(done),
         Command::Call(args) => block_on(call::run_call(args))?.map(done),
         Command::Tools(args) => block_on(call::run_tools(args))?.map(done),

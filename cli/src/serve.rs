@@ -44,6 +44,10 @@ pub(crate) struct ServeArgs {
     /// log is continued. Check it with `toolwire audit verify PATH --server-key KEY`.
     #[arg(long, value_name = "PATH")]
     audit_log: Option<PathBuf>,
+    /// Present this operator certificate of the server's key (from `toolwire cert
+    /// issue`), so agents trusting the operator need not pin the server key.
+    #[arg(long, value_name = "FILE")]
+    certificate: Option<PathBuf>,
 }
 
 /// On Ctrl-C, how long calls in flight may still run before they are answered
@@ -103,6 +107,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     }
     if let Some(path) = &args.audit_log {
         builder = builder.audit_log(path);
+    }
+    if let Some(path) = &args.certificate {
+        builder = builder.certificate(crate::cert::read_token(path)?);
     }
     let server = builder
         .build()

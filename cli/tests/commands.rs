@@ -2,10 +2,7 @@
 
 mod common;
 
-use common::{keygen, run, toolwire, KillOnDrop, Scratch};
-use std::io::BufRead as _;
-use std::process::Stdio;
-use std::sync::mpsc;
+use common::{keygen, run, serve, toolwire, Scratch};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use toolwire_protocol::grant::{verify_grant, VerifyContext};
 use toolwire_protocol::{Identity, IdentityKey};
@@ -177,44 +174,21 @@ fn serve_and_call_round_trip() {
     std::fs::write(sandbox.join("notes.txt"), "inside").unwrap();
     std::fs::write(scratch.path("secret.txt"), "outside").unwrap();
 
-    let mut serve = toolwire();
-    serve
-        .arg("serve")
-        .arg("--identity")
-        .arg(&server_file)
-        .args(["--listen", "127.0.0.1:0", "--allow-client", &agent_key])
-        .arg("--sandbox")
-        .arg(&sandbox)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut server = KillOnDrop(serve.spawn().expect("serve starts"));
-    let stdout = server.0.stdout.take().unwrap();
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut url = None;
-    let mut printed_key = None;
-    while url.is_none() || printed_key.is_none() {
-        let line = received
-            .recv_timeout(DEADLINE)
-            .expect("serve prints its key and URL");
-        let line = line.trim();
-        if let Some(value) = line.strip_prefix("url") {
-            url = Some(value.trim().to_owned());
-        }
-        if let Some(value) = line.strip_prefix("key") {
-            printed_key = Some(value.trim().to_owned());
-        }
-    }
-    let url = url.unwrap();
-    assert_eq!(printed_key.as_deref(), Some(server_key.as_str()));
+    let served = serve(
+        &[
+            "--identity".as_ref(),
+            server_file.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--allow-client".as_ref(),
+            agent_key.as_ref(),
+            "--sandbox".as_ref(),
+            sandbox.as_os_str(),
+        ],
+        DEADLINE,
+    );
+    let url = served.url.clone();
+    assert_eq!(served.key, server_key);
 
     let call = |identity: &std::path::Path, tool: &str, args: &str| {
         let mut command = toolwire();
@@ -279,5 +253,5 @@ fn serve_and_call_round_trip() {
     assert_eq!(names, ["calc", "count", "echo", "read_file"]);
     assert!(manifest["tools"][0]["input_schema"].is_object());
 
-    drop(server);
+    drop(served);
 }

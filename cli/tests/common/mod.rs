@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The `toolwire` binary under test.
@@ -110,4 +112,55 @@ pub(crate) fn keygen(path: &Path) -> String {
         .find_map(|line| line.trim().strip_prefix("public key"))
         .map(|key| key.trim().to_owned())
         .expect("keygen prints the public key")
+}
+
+/// A `toolwire serve` running in the background, killed when dropped.
+pub(crate) struct Served {
+    /// The URL it printed.
+    pub(crate) url: String,
+    /// The server key it printed.
+    pub(crate) key: String,
+    _child: KillOnDrop,
+}
+
+/// Starts `toolwire serve` with `args` (after `serve`) and waits, up to `deadline`,
+/// until it printed its key and URL.
+pub(crate) fn serve(args: &[&std::ffi::OsStr], deadline: Duration) -> Served {
+    let mut serve = toolwire();
+    serve
+        .arg("serve")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = KillOnDrop(serve.spawn().expect("serve starts"));
+    let stdout = child.0.stdout.take().expect("piped stdout");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut url = None;
+    let mut key = None;
+    while url.is_none() || key.is_none() {
+        let line = received
+            .recv_timeout(deadline)
+            .expect("serve prints its key and URL");
+        let line = line.trim();
+        if let Some(value) = line.strip_prefix("url") {
+            url = Some(value.trim().to_owned());
+        }
+        if let Some(value) = line.strip_prefix("key") {
+            key = Some(value.trim().to_owned());
+        }
+    }
+    Served {
+        url: url.expect("url printed"),
+        key: key.expect("key printed"),
+        _child: child,
+    }
 }
