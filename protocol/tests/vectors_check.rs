@@ -18,6 +18,7 @@ mod vectors_support;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
+use toolwire_protocol::certificate::{verify_server_certificate, CertificateCheck};
 use toolwire_protocol::config::{ConnectionLimits, SUBPROTOCOL};
 use toolwire_protocol::envelope::{RequestFields, ResponseFields};
 use toolwire_protocol::grant::{key_to_text, verify_grant, VerifyContext};
@@ -37,8 +38,8 @@ use toolwire_protocol::testing::{
 };
 use toolwire_protocol::{Connection, Error, Side};
 use vectors_support::{
-    close_code_name, error_name, grant_error_name, hex, load, receiver_from_state, ReceiverState,
-    FILES,
+    certificate_error_name, close_code_name, error_name, grant_error_name, hex, load,
+    receiver_from_state, ReceiverState, FILES,
 };
 
 // ---------------------------------------------------------------------------------
@@ -1107,6 +1108,62 @@ fn messages_vectors() {
     check_file("messages.json", check_message_test);
 }
 
+// ---------------------------------------------------------------------------------
+// certificate.json
+// ---------------------------------------------------------------------------------
+
+fn check_certificate_test(group: &Value, test: &Value) -> Result<(), String> {
+    for (name, key) in field(group, "keys")?.as_object().ok_or("keys")? {
+        let public = Identity::from_seed(&array32(key, "seed")?)
+            .public_key()
+            .to_bytes();
+        ensure_hex(&public, key, "publicKey").map_err(|e| format!("key {name}: {e}"))?;
+        ensure_eq(key_to_text(&public).as_str(), text(key, "text")?, name)?;
+    }
+    let token = text(test, "token")?;
+    if let Some(claims) = test.get("claims") {
+        let (message, _) =
+            paseto::decode_unverified_v4_public(token).map_err(|e| format!("{e:?}"))?;
+        let decoded: Value = serde_json::from_slice(&message).map_err(|e| e.to_string())?;
+        ensure_eq(&decoded, claims, "claims")?;
+    }
+    let identity_key = |bytes: [u8; 32]| {
+        toolwire_protocol::IdentityKey::from_bytes(bytes).map_err(|e| format!("{e:?}"))
+    };
+    let trusted = keys32(test, "trustedOperators")?
+        .into_iter()
+        .map(identity_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    let check = CertificateCheck {
+        trusted_operators: &trusted,
+        server: identity_key(array32(test, "server")?)?,
+        endpoint: text(test, "endpoint")?,
+        now_unix: int(test, "now")?,
+        max_clock_skew_secs: int(test, "maxClockSkewSecs")?,
+    };
+    match verify_server_certificate(token, &check) {
+        Ok(operator) if is_valid(test) => ensure_eq(
+            operator.to_bytes(),
+            array32(test, "expectedOperator")?,
+            "operator",
+        ),
+        Err(error) if !is_valid(test) => ensure_eq(
+            certificate_error_name(&error).as_str(),
+            text(test, "expectedError")?,
+            "error",
+        ),
+        Ok(operator) => Err(format!("accepted, operator {operator}")),
+        Err(error) => Err(format!("rejected: {error:?}")),
+    }
+}
+
+/// Clauses: ID-012, ID-013, ID-016 — every committed certificate verifies to its operator
+/// or fails with the first failing check's error.
+#[test]
+fn certificate_vectors() {
+    check_file("certificate.json", check_certificate_test);
+}
+
 #[test]
 fn every_vector_file_is_checked() {
     // One #[test] per file above; keep this list in step with vectors_support::FILES.
@@ -1118,6 +1175,7 @@ fn every_vector_file_is_checked() {
         "envelope.json",
         "grant.json",
         "messages.json",
+        "certificate.json",
     ];
     assert_eq!(checked.as_slice(), FILES);
 }

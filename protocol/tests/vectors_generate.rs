@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use time::macros::datetime;
 use time::OffsetDateTime;
+use toolwire_protocol::certificate::{
+    verify_server_certificate, CertificateCheck, ServerCertificateBuilder,
+    CERTIFICATE_IMPLICIT_ASSERTION,
+};
 use toolwire_protocol::config::{ClientConfig, ConnectionLimits, ServerConfig, SUBPROTOCOL};
 use toolwire_protocol::envelope::{RequestFields, ResponseFields};
 use toolwire_protocol::grant::{
@@ -50,8 +54,8 @@ use toolwire_protocol::testing::{
 use toolwire_protocol::transport::Transport;
 use toolwire_protocol::{CloseCode, Connection, Error, Side};
 use vectors_support::{
-    close_code_name, error_name, grant_error_name, hex, receiver_from_state, ReceiverState, FILES,
-    VECTORS_DIR,
+    certificate_error_name, close_code_name, error_name, grant_error_name, hex,
+    receiver_from_state, ReceiverState, FILES, VECTORS_DIR,
 };
 
 // ---------------------------------------------------------------------------------
@@ -126,6 +130,7 @@ fn generate_all() -> Vec<(&'static str, String)> {
         ("envelope.json", envelope_file()),
         ("grant.json", grant_file()),
         ("messages.json", messages_file()),
+        ("certificate.json", certificate_file()),
     ]
 }
 
@@ -3510,5 +3515,303 @@ fn messages_file() -> String {
             json!({ "type": "MessageDecodingInvalid", "tests": invalid }),
             json!({ "type": "MessageDecodingLenient", "tests": acceptable }),
         ],
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// certificate.json
+// ---------------------------------------------------------------------------------
+
+const CERTIFICATE_KEYS: &[(&str, [u8; 32])] = &[
+    ("operator", ISSUER_SEED),
+    ("untrustedOperator", [0x55; 32]),
+    ("server", SERVER_A_SEED),
+    ("otherServer", [0x54; 32]),
+];
+
+fn certificate_key(name: &str) -> Identity {
+    let seed = CERTIFICATE_KEYS.iter().find(|(n, _)| *n == name).unwrap().1;
+    Identity::from_seed(&seed)
+}
+
+struct CertificateContext {
+    now: i64,
+    server: IdentityKey,
+    endpoint: &'static str,
+    trusted: Vec<IdentityKey>,
+    skew: i64,
+}
+
+fn certificate_test(
+    comment: &str,
+    flags: &[&str],
+    token: &str,
+    ctx: &CertificateContext,
+    expect: Option<&str>,
+) -> Value {
+    let check = CertificateCheck {
+        trusted_operators: &ctx.trusted,
+        server: ctx.server,
+        endpoint: ctx.endpoint,
+        now_unix: ctx.now,
+        max_clock_skew_secs: ctx.skew,
+    };
+    let outcome = verify_server_certificate(token, &check);
+    let mut test = json!({
+        "comment": comment,
+        "flags": flags,
+        "token": token,
+        "now": ctx.now,
+        "server": hex(ctx.server.to_bytes()),
+        "endpoint": ctx.endpoint,
+        "trustedOperators": ctx.trusted.iter().map(|k| hex(k.to_bytes())).collect::<Vec<_>>(),
+        "maxClockSkewSecs": ctx.skew,
+    });
+    if let Ok((message, _footer)) = paseto::decode_unverified_v4_public(token) {
+        if let Ok(claims) = serde_json::from_slice::<Value>(&message) {
+            test["claims"] = claims;
+        }
+    }
+    match (expect, outcome) {
+        (None, Ok(operator)) => {
+            test["result"] = json!("valid");
+            test["expectedOperator"] = json!(hex(operator.to_bytes()));
+        }
+        (Some(name), Err(error)) => {
+            assert_eq!(certificate_error_name(&error), name, "{comment}");
+            test["result"] = json!("invalid");
+            test["expectedError"] = json!(name);
+        }
+        (expect, outcome) => panic!("{comment}: expected {expect:?}, got {outcome:?}"),
+    }
+    test
+}
+
+fn certificate_file() -> String {
+    let operator = certificate_key("operator");
+    let server = certificate_key("server").public_key();
+    let exp = datetime!(2026-01-02 0:00 UTC);
+    let ctx = || CertificateContext {
+        now: GRANT_NOW,
+        server,
+        endpoint: FIXED_ENDPOINT,
+        trusted: vec![operator.public_key()],
+        skew: 0,
+    };
+    let basic = ServerCertificateBuilder::new(server, exp)
+        .issued_at(datetime!(2026-01-01 0:00 UTC))
+        .sign(&operator)
+        .unwrap();
+    let mut tests = vec![certificate_test(
+        "certificate with iat and exp, any endpoint",
+        &["Valid"],
+        &basic,
+        &ctx(),
+        None,
+    )];
+    let scoped = ServerCertificateBuilder::new(server, exp)
+        .not_before(datetime!(2026-01-01 6:00 UTC))
+        .endpoints(["wss://tools.example.com/tw", FIXED_ENDPOINT])
+        .sign(&operator)
+        .unwrap();
+    tests.push(certificate_test(
+        "nbf in the past; the dialed endpoint is the second listed",
+        &["Valid", "Endpoints"],
+        &scoped,
+        &ctx(),
+        None,
+    ));
+    tests.push(certificate_test(
+        "the dialed endpoint is not listed",
+        &["WrongEndpoint", "Endpoints"],
+        &scoped,
+        &CertificateContext {
+            endpoint: "wss://tools.example.com/tw/",
+            ..ctx()
+        },
+        Some("WrongEndpoint"),
+    ));
+    tests.push(certificate_test(
+        "now = exp: expired",
+        &["Expired"],
+        &basic,
+        &CertificateContext {
+            now: exp.unix_timestamp(),
+            ..ctx()
+        },
+        Some("Expired"),
+    ));
+    tests.push(certificate_test(
+        "now = exp + 10 s with 30 s of skew tolerated: valid",
+        &["Valid", "ClockSkew"],
+        &basic,
+        &CertificateContext {
+            now: exp.unix_timestamp() + 10,
+            skew: 30,
+            ..ctx()
+        },
+        None,
+    ));
+    tests.push(certificate_test(
+        "now 1 s before nbf",
+        &["NotYetValid"],
+        &scoped,
+        &CertificateContext {
+            now: datetime!(2026-01-01 6:00 UTC).unix_timestamp() - 1,
+            ..ctx()
+        },
+        Some("NotYetValid"),
+    ));
+    tests.push(certificate_test(
+        "certificate of another server key",
+        &["WrongServer"],
+        &ServerCertificateBuilder::new(certificate_key("otherServer").public_key(), exp)
+            .sign(&operator)
+            .unwrap(),
+        &ctx(),
+        Some("WrongServer"),
+    ));
+    tests.push(certificate_test(
+        "signed by a key the client does not trust",
+        &["UntrustedOperator"],
+        &ServerCertificateBuilder::new(server, exp)
+            .sign(&certificate_key("untrustedOperator"))
+            .unwrap(),
+        &ctx(),
+        Some("UntrustedOperator"),
+    ));
+    tests.push(certificate_test(
+        "iss claims the trusted operator, signed by another key",
+        &["BadSignature"],
+        &replace_message(
+            &ServerCertificateBuilder::new(server, exp)
+                .sign(&certificate_key("untrustedOperator"))
+                .unwrap(),
+            |claims| claims["iss"] = json!(operator.public_key().to_string()),
+        ),
+        &ctx(),
+        Some("BadSignature"),
+    ));
+    tests.push(certificate_test(
+        "exp extended after signing",
+        &["BadSignature"],
+        &replace_message(&basic, |claims| {
+            claims["exp"] = json!("2027-01-01T00:00:00Z")
+        }),
+        &ctx(),
+        Some("BadSignature"),
+    ));
+    tests.push(certificate_test(
+        "last signature bit flipped",
+        &["BadSignature"],
+        &flip_signature_bit(&basic),
+        &ctx(),
+        Some("BadSignature"),
+    ));
+    tests.push(certificate_test(
+        "the same claims signed with the grant implicit assertion (a grant is not a certificate)",
+        &["BadSignature", "DomainSeparation"],
+        &resign(
+            &basic,
+            operator.signing_key(),
+            b"",
+            toolwire_protocol::grant::GRANT_IMPLICIT_ASSERTION,
+        ),
+        &ctx(),
+        Some("BadSignature"),
+    ));
+    tests.push(certificate_test(
+        "with a footer",
+        &["Malformed"],
+        &resign(
+            &basic,
+            operator.signing_key(),
+            b"kid",
+            CERTIFICATE_IMPLICIT_ASSERTION,
+        ),
+        &ctx(),
+        Some("Malformed.footer"),
+    ));
+    tests.push(certificate_test(
+        "empty endpoints list",
+        &["Malformed", "Endpoints"],
+        &resign(
+            &replace_message(&basic, |claims| claims["endpoints"] = json!([])),
+            operator.signing_key(),
+            b"",
+            CERTIFICATE_IMPLICIT_ASSERTION,
+        ),
+        &ctx(),
+        Some("Malformed.endpoints"),
+    ));
+    tests.push(certificate_test(
+        "claims without exp",
+        &["Malformed"],
+        &resign(
+            &replace_message(&basic, |claims| {
+                claims.as_object_mut().unwrap().remove("exp");
+            }),
+            operator.signing_key(),
+            b"",
+            CERTIFICATE_IMPLICIT_ASSERTION,
+        ),
+        &ctx(),
+        Some("Malformed.claims"),
+    ));
+    tests.push(certificate_test(
+        "longer than 4096 bytes",
+        &["Malformed"],
+        &format!("{basic}{}", "A".repeat(4096)),
+        &ctx(),
+        Some("Malformed.token"),
+    ));
+    tests.push(certificate_test(
+        "a v4.local token",
+        &["Malformed"],
+        &basic.replacen("v4.public.", "v4.local.", 1),
+        &ctx(),
+        Some("Malformed.purpose"),
+    ));
+    let keys: serde_json::Map<String, Value> = CERTIFICATE_KEYS
+        .iter()
+        .map(|(name, seed)| {
+            let public = identity_public(*seed);
+            (
+                (*name).to_owned(),
+                json!({
+                    "seed": hex(seed),
+                    "publicKey": hex(public),
+                    "text": toolwire_protocol::grant::key_to_text(&public),
+                }),
+            )
+        })
+        .collect();
+    finish(
+        "certificate",
+        &[
+            "Server certificates (spec section 3.1): PASETO v4.public tokens by which an operator key certifies a server identity key.",
+            "token is verified with the implicit assertion \"toolwire/1 server certificate\" and no footer, for a client that dialed `endpoint`, trusts `trustedOperators` and authenticated `server` in ServerHello, at Unix time `now` with `maxClockSkewSecs` of tolerance.",
+            "A valid certificate yields expectedOperator; an invalid one fails with expectedError, the first failing check of ID-013 (Malformed.<part> for form errors).",
+            "claims shows the signed claims as JSON, where the token decodes.",
+        ],
+        &[
+            ("Valid", "Must verify and give expectedOperator."),
+            ("Endpoints", "The certificate lists endpoints."),
+            ("ClockSkew", "The outcome depends on maxClockSkewSecs."),
+            ("Expired", "exp <= now - skew."),
+            ("NotYetValid", "nbf > now + skew."),
+            ("WrongEndpoint", "The dialed endpoint is not among the listed ones."),
+            ("WrongServer", "sub is not the server's identity key."),
+            ("UntrustedOperator", "iss is not a trusted operator key."),
+            ("BadSignature", "The signature does not verify under iss."),
+            ("DomainSeparation", "Signed for another purpose (implicit assertion)."),
+            ("Malformed", "Not a well-formed certificate."),
+        ],
+        vec![json!({
+            "type": "ServerCertificateVerification",
+            "implicitAssertion": "toolwire/1 server certificate",
+            "keys": keys,
+            "tests": tests,
+        })],
     )
 }

@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) at_most_once: crate::connection::SharedAtMostOnce,
     pub(crate) audit: Option<crate::audit::AuditLog>,
     pub(crate) shutdown: crate::shutdown::ShutdownState,
+    /// The alert sink and its threshold counters (`alerts.rs`).
+    pub(crate) alerts: crate::alerts::Alerts,
     /// FAULT INJECTION (conformance tests only).
     #[cfg(feature = "__fault_injection")]
     pub(crate) faults: Vec<crate::fault::Fault>,
@@ -176,6 +178,8 @@ impl Server {
             admission: None,
             audit: None,
             certificate: None,
+            alert_sink: None,
+            alert_thresholds: crate::alerts::AlertThresholds::default(),
             #[cfg(feature = "__fault_injection")]
             faults: Vec::new(),
         }
@@ -285,8 +289,20 @@ pub struct ServerBuilder {
     admission: Option<crate::admission::AdmissionHook>,
     audit: Option<(std::path::PathBuf, crate::audit::AuditOptions)>,
     certificate: Option<String>,
+    alert_sink: Option<AlertSinkHandle>,
+    alert_thresholds: crate::alerts::AlertThresholds,
     #[cfg(feature = "__fault_injection")]
     faults: Vec<crate::fault::Fault>,
+}
+
+/// The sink of [`ServerBuilder::alert_sink`].
+#[derive(Clone)]
+struct AlertSinkHandle(Arc<dyn crate::alerts::AlertSink>);
+
+impl std::fmt::Debug for AlertSinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlertSink")
+    }
 }
 
 /// The policy hook of [`ServerBuilder::authorizer`].
@@ -416,6 +432,26 @@ impl ServerBuilder {
         self
     }
 
+    /// Sends alerts (EVT-003: the security events marked *alert*, past their
+    /// thresholds) to `sink` instead of the default [`LogAlertSink`], which logs them
+    /// at WARN. The sink is called on connection tasks and must not block; see
+    /// [`AlertSink`] for what reaches it.
+    ///
+    /// [`LogAlertSink`]: crate::LogAlertSink
+    /// [`AlertSink`]: crate::AlertSink
+    pub fn alert_sink(mut self, sink: impl crate::alerts::AlertSink) -> Self {
+        self.alert_sink = Some(AlertSinkHandle(Arc::new(sink)));
+        self
+    }
+
+    /// Replaces the alert thresholds (default: [`AlertThresholds::default`]).
+    ///
+    /// [`AlertThresholds::default`]: crate::AlertThresholds
+    pub fn alert_thresholds(mut self, thresholds: crate::alerts::AlertThresholds) -> Self {
+        self.alert_thresholds = thresholds;
+        self
+    }
+
     /// Options that weaken security.
     pub fn dangerous(self) -> DangerousServerBuilder {
         DangerousServerBuilder { builder: self }
@@ -483,6 +519,13 @@ impl ServerBuilder {
                 at_most_once: crate::connection::SharedAtMostOnce::new(),
                 audit,
                 shutdown: crate::shutdown::ShutdownState::new(),
+                alerts: crate::alerts::Alerts::new(
+                    self.alert_sink.map_or_else(
+                        || Arc::new(crate::alerts::LogAlertSink) as _,
+                        |sink| sink.0,
+                    ),
+                    self.alert_thresholds,
+                ),
                 #[cfg(feature = "__fault_injection")]
                 faults: self.faults,
             }),

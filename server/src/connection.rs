@@ -226,6 +226,8 @@ struct Driver<S> {
     /// (`shutdown.rs`).
     shutdown: watch::Receiver<Option<tokio::time::Instant>>,
     draining: Option<tokio::time::Instant>,
+    /// Security events, counters and metrics of this connection (`events.rs`).
+    events: crate::events::ConnectionEvents,
 }
 
 /// Wall-clock time in Unix seconds, rounded down (grant expiry is checked against it).
@@ -256,7 +258,7 @@ pub(crate) async fn run<S>(
     let catalog = catalog_updates.borrow_and_update().clone();
     let connection_budget =
         RateLimiter::direct(per_second(inner.limits.rate_per_sec, inner.limits.burst));
-    tracing::debug!(%peer, event = "connection_open", "toolwire connection open");
+    let events = crate::events::ConnectionEvents::opened(&inner, peer);
     let audit = inner.audit.as_ref().map(crate::audit::AuditLog::sink);
     let mut shutdown = inner.shutdown.subscribe();
     let draining = *shutdown.borrow_and_update();
@@ -278,6 +280,7 @@ pub(crate) async fn run<S>(
         audit,
         shutdown,
         draining,
+        events,
     };
     driver.run(outcome_receiver).await;
 }
@@ -303,7 +306,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 };
                 let close = self.socket.send(WsMessage::Close(Some(frame)));
                 let _ = tokio::time::timeout(self.inner.limits.write_stall_timeout, close).await;
-                tracing::info!(peer = %self.peer, %code, %side, event = "connection_closed", "toolwire connection closed");
+                tracing::debug!(peer = %self.peer, %code, %side, "toolwire connection closed");
                 self.linger().await;
                 break code;
             }
@@ -343,6 +346,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
         };
         self.end_running_calls(&mut outcomes);
+        let side = self
+            .connection
+            .close_code()
+            .map_or(toolwire_protocol::Side::Remote, |(_, side)| side);
+        self.events.connection_closed(&self.inner, code, side);
         if let Some(audit) = self.audit.as_mut() {
             audit.flush().await;
         }
@@ -418,13 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let revoked: Vec<String> = dropped.into_iter().map(|tool| tool.name).collect();
         session.set_granted(&kept);
         self.granted = kept.clone();
-        tracing::warn!(
-            peer = %self.peer,
-            client = %session.client,
-            tools = ?revoked,
-            event = "manifest_changed",
-            "toolwire tool definitions changed: sending CAP_UPDATE"
-        );
+        self.events.manifest_changed(&self.inner, &revoked);
         let update = CapUpdate {
             granted: kept,
             revoked,
@@ -442,6 +444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     async fn flush(&mut self) -> Result<(), WriteFailed> {
         let stall = self.inner.limits.write_stall_timeout;
         while let Some(record) = self.connection.poll_transmit() {
+            self.events.record_out(record.len());
             let send = self.socket.send(WsMessage::Binary(record.into()));
             match tokio::time::timeout(stall, send).await {
                 Ok(Ok(())) => {}
@@ -472,6 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let now = Instant::now();
         match frame {
             Some(Ok(WsMessage::Binary(bytes))) => {
+                self.events.record_in(&bytes);
                 if let Err(error) = self.connection.handle_record(now, &bytes) {
                     tracing::warn!(peer = %self.peer, %error, code = ?error.close_code(), "toolwire connection failed");
                 }
@@ -494,8 +498,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }))
             }
             Some(Ok(_)) => None,
-            Some(Err(WsError::Capacity(_))) => {
-                tracing::warn!(peer = %self.peer, event = "oversize_frame", "toolwire frame over the size limit");
+            Some(Err(WsError::Capacity(capacity))) => {
+                let length = match capacity {
+                    tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
+                        size,
+                        ..
+                    } => Some(size),
+                    _ => None,
+                };
+                let limit =
+                    toolwire_protocol::upgrade::max_frame_len(&self.inner.limits.connection);
+                self.events.oversize_frame(&self.inner, length, limit);
                 self.connection.close(CloseCode::MESSAGE_TOO_BIG, "");
                 None
             }
@@ -506,7 +519,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn drain_events(&mut self) {
         while let Some(event) = self.connection.poll_event() {
             match event {
-                Event::Established(info) => self.establish(&info),
+                Event::Established(info) => {
+                    self.events.established(&self.inner, &info);
+                    self.establish(&info);
+                }
                 Event::Message(Message::Request(request)) => self.handle_request(request),
                 Event::Message(Message::Cancel(cancel)) => self.handle_cancel(cancel.id),
                 Event::Message(Message::CapRequest(request)) => self.handle_cap_request(request),
@@ -515,6 +531,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 }
                 Event::Closed { code, side, error } => {
                     tracing::debug!(%code, %side, ?error, "toolwire connection closed");
+                    self.events.closed_by(&self.inner, error.as_ref());
                 }
                 _ => {}
             }
@@ -677,20 +694,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             )
         });
         let record = &evaluation.record;
-        tracing::info!(
-            target: "toolwire::decision",
-            session = %hex(&record.session_id[..8]),
-            client = %record.client,
-            lineage = %hex(&record.lineage),
-            request_id = record.request_id,
-            retry = record.retry,
-            tool = %record.tool,
-            decision = ?record.decision,
-            refused_at = record.refused_at.map(|step| step.name()),
-            policy_version = record.policy_version,
-            authority = ?record.authority,
-            "toolwire authorization decision"
-        );
+        let retry_after_ms = match &evaluation.verdict {
+            Verdict::Refuse { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        };
+        let known_tool = self.catalog.registry.tools.contains_key(&record.tool);
+        self.events
+            .decision(&self.inner, record, &request, retry_after_ms, known_tool);
         let session_id = session.session_id;
         let client = session.client;
         let fields = RequestFields {
@@ -715,7 +725,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 self.audit_write(entry, |entry| entry);
                 if verdict.refusal_code() == Some(ErrorCode::RESOURCE_EXHAUSTED) {
                     self.consecutive_refusals += 1;
-                    tracing::warn!(client = %client, event = "rate_limited", "toolwire call refused by rate budget");
                 } else {
                     self.consecutive_refusals = 0;
                 }
@@ -864,6 +873,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 let Some(running) = self.running.remove(&id) else {
                     return;
                 };
+                self.events
+                    .call_ended(id, result.as_ref().err().map(|error| error.code));
                 let cached = cached_outcome(&result);
                 if !(&self.inner.at_most_once).complete(&lineage, id, cached.clone()) {
                     self.audit_write(running.audit, |entry| {
@@ -895,6 +906,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 let Some(running) = self.running.remove(&id) else {
                     return;
                 };
+                self.events.call_ended(id, Some(ErrorCode::INTERNAL));
                 self.audit_write(running.audit, |entry| {
                     entry.ended("INTERNAL (handler panicked)")
                 });
@@ -918,6 +930,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         };
         let lineage = session.lineage;
         if let Some(running) = self.running.remove(&id) {
+            self.events.forget(id);
             running.abort.abort();
             self.audit_write(running.audit, |entry| {
                 entry.ended("CANCELLED by the client")
@@ -1013,6 +1026,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         };
         let interrupted = self.running.len();
         for (id, running) in std::mem::take(&mut self.running) {
+            self.events.forget(id);
             running.abort.abort();
             (&self.inner.at_most_once).abandon(&lineage, id);
             let error = ErrorMessage {

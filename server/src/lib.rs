@@ -25,16 +25,20 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod alerts;
 mod audit;
 mod builder;
 mod connection;
+mod events;
 mod fault;
+mod metrics;
 mod serve;
 mod shutdown;
 mod tls;
 mod tool;
 
 pub use admission::{AdmissionRefusal, AdmissionRequest};
+pub use alerts::{Alert, AlertSink, AlertThresholds, LogAlertSink};
 pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
 pub use builder::{
     BuildError, DangerousServerBuilder, Limits, ReplaceToolError, Server, ServerBuilder,

@@ -9,7 +9,9 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use toolwire_protocol::upgrade::{check_upgrade, max_frame_len, UpgradeRequest};
+use toolwire_protocol::events::{EventContext, PeerText, SecurityEvent};
+use toolwire_protocol::upgrade::{check_upgrade, max_frame_len, UpgradeRefusal, UpgradeRequest};
+use toolwire_protocol::Role;
 
 /// Counts a connection as unauthenticated until dropped (or until the handshake
 /// completes and [`release`](Self::release) is called).
@@ -155,13 +157,27 @@ impl Server {
         let policy = inner.upgrade.clone();
         let skip_origin = crate::fault::injected(&inner, crate::fault::Fault::SkipOriginCheck);
         let admission = inner.admission.clone();
+        let reporter = inner.clone();
         let callback = move |request: &Request,
                              mut response: Response|
               -> Result<Response, ErrorResponse> {
-            match capacity {
-                Capacity::PerIpExceeded => return Err(refusal(StatusCode::TOO_MANY_REQUESTS)),
-                Capacity::TotalExceeded => return Err(refusal(StatusCode::SERVICE_UNAVAILABLE)),
-                Capacity::Available => {}
+            let status = match capacity {
+                Capacity::PerIpExceeded => Some(StatusCode::TOO_MANY_REQUESTS),
+                Capacity::TotalExceeded => Some(StatusCode::SERVICE_UNAVAILABLE),
+                Capacity::Available => None,
+            };
+            if let Some(status) = status {
+                let event = SecurityEvent::PreauthLimited {
+                    peer_addr: peer,
+                    http_status: status.as_u16(),
+                };
+                crate::events::report(
+                    &reporter,
+                    EventContext::new(Role::Server),
+                    Some(peer),
+                    event,
+                );
+                return Err(refusal(status));
             }
             // Every `Origin` line counts (TRN-009): several are joined with ", ", which
             // is not a serialized origin and matches nothing. A value that is not
@@ -209,7 +225,22 @@ impl Server {
                     Ok(response)
                 }
                 Err(refused) => {
-                    tracing::warn!(event = "origin_rejected", peer = %peer, reason = %refused, "toolwire upgrade refused");
+                    let http_status = refused.http_status();
+                    let event = match refused {
+                        UpgradeRefusal::SubprotocolMissing => {
+                            SecurityEvent::SubprotocolRejected { http_status }
+                        }
+                        _ => SecurityEvent::OriginRejected {
+                            origin: PeerText::new(origin.unwrap_or("")),
+                            http_status,
+                        },
+                    };
+                    crate::events::report(
+                        &reporter,
+                        EventContext::new(Role::Server),
+                        Some(peer),
+                        event,
+                    );
                     let status = StatusCode::from_u16(refused.http_status())
                         .unwrap_or(StatusCode::FORBIDDEN);
                     Err(refusal(status))

@@ -20,6 +20,7 @@ pub(crate) const FILES: &[&str] = &[
     "envelope.json",
     "grant.json",
     "messages.json",
+    "certificate.json",
 ];
 
 /// Reads and parses one committed vector file.
@@ -64,6 +65,18 @@ pub(crate) fn close_code_name(error: &Error) -> String {
 pub(crate) fn grant_error_name(error: &GrantError) -> String {
     match error {
         GrantError::Malformed(part) => format!("Malformed.{part}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The name of a certificate error as certificate.json spells it.
+pub(crate) fn certificate_error_name(
+    error: &toolwire_protocol::certificate::CertificateError,
+) -> String {
+    match error {
+        toolwire_protocol::certificate::CertificateError::Malformed(part) => {
+            format!("Malformed.{part}")
+        }
         other => format!("{other:?}"),
     }
 }
