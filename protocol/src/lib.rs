@@ -98,7 +98,6 @@ pub mod connection;
 pub mod envelope;
 pub mod error;
 pub mod events;
-pub mod events;
 pub mod grant;
 pub mod handshake;
 pub mod identity;
