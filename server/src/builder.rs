@@ -90,6 +90,10 @@ pub enum BuildError {
     /// The audit log could not be opened or continued.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditLogError),
+    /// The durable at-most-once store could not be opened or read
+    /// ([`ServerBuilder::at_most_once_store`]).
+    #[error(transparent)]
+    AtMostOnceStore(#[from] crate::amo::AmoStoreError),
     /// The server certificate is malformed or certifies another identity key.
     #[error("server certificate refused: {0}")]
     Certificate(#[from] toolwire_protocol::certificate::CertificateError),
@@ -135,7 +139,7 @@ pub(crate) struct Inner {
     pub(crate) admission: Option<crate::admission::AdmissionHook>,
     pub(crate) unauthenticated: Mutex<HashMap<std::net::IpAddr, usize>>,
     pub(crate) rates: crate::connection::RateBudgets,
-    pub(crate) at_most_once: crate::connection::SharedAtMostOnce,
+    pub(crate) at_most_once: crate::amo::SharedAtMostOnce,
     pub(crate) audit: Option<crate::audit::AuditLog>,
     pub(crate) shutdown: crate::shutdown::ShutdownState,
     /// The alert sink and its threshold counters (`alerts.rs`).
@@ -177,6 +181,7 @@ impl Server {
             authorizer: None,
             admission: None,
             audit: None,
+            amo_store: None,
             certificate: None,
             alert_sink: None,
             alert_thresholds: crate::alerts::AlertThresholds::default(),
@@ -288,6 +293,7 @@ pub struct ServerBuilder {
     authorizer: Option<PolicyHook>,
     admission: Option<crate::admission::AdmissionHook>,
     audit: Option<(std::path::PathBuf, crate::audit::AuditOptions)>,
+    amo_store: Option<std::path::PathBuf>,
     certificate: Option<String>,
     alert_sink: Option<AlertSinkHandle>,
     alert_thresholds: crate::alerts::AlertThresholds,
@@ -452,6 +458,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Keeps the at-most-once table (spec section 14: lineages, recorded request ids,
+    /// cached outcomes, within the same bounds) in an embedded database at `path`, so
+    /// that it survives restarts (AMO-035): a call that completed before a restart is
+    /// answered with its original result, and one that was running is answered
+    /// RESULT_UNAVAILABLE, never executed twice. An id is durably recorded before its
+    /// handler runs and an outcome durably stored before it is sent (fsync on every
+    /// commit); while the database cannot be written, calls are refused UNAVAILABLE.
+    /// The file is created when missing; [`build`](Self::build) fails with
+    /// [`BuildError::AtMostOnceStore`] when it cannot be opened or read (another
+    /// server holding it, a damaged file). Without it, the table lives in memory only.
+    pub fn at_most_once_store(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.amo_store = Some(path.into());
+        self
+    }
+
     /// Options that weaken security.
     pub fn dangerous(self) -> DangerousServerBuilder {
         DangerousServerBuilder { builder: self }
@@ -475,6 +496,13 @@ impl ServerBuilder {
             return Err(BuildError::NoClients);
         }
         let catalog = Catalog::new(self.tools, &self.identity)?;
+        let at_most_once = match &self.amo_store {
+            Some(path) => crate::amo::SharedAtMostOnce::durable(
+                path,
+                toolwire_protocol::amo::AmoConfig::default(),
+            )?,
+            None => crate::amo::SharedAtMostOnce::new(),
+        };
         let audit = match &self.audit {
             Some((path, options)) => {
                 Some(crate::audit::AuditLog::open(path, &self.identity, options)?)
@@ -516,7 +544,7 @@ impl ServerBuilder {
                 admission: self.admission,
                 unauthenticated: Mutex::new(HashMap::new()),
                 rates,
-                at_most_once: crate::connection::SharedAtMostOnce::new(),
+                at_most_once,
                 audit,
                 shutdown: crate::shutdown::ShutdownState::new(),
                 alerts: crate::alerts::Alerts::new(

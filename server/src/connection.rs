@@ -12,7 +12,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -22,8 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use toolwire_protocol::amo::{
-    Admission, AmoConfig, AtMostOnceStore, AtMostOnceTable, CachedOutcome, LineageKey,
-    LineageOrigin,
+    Admission, AtMostOnceStore, CachedOutcome, CallFingerprint, LineageKey,
 };
 use toolwire_protocol::audit::{RequestEvidence, ResponseEvidence};
 use toolwire_protocol::authz::{
@@ -111,36 +110,6 @@ impl RateBudgetCheck for ConnectionBudgets<'_> {
     }
 }
 
-/// The at-most-once table behind a lock taken per call, never across an await.
-pub(crate) struct SharedAtMostOnce(pub(crate) Mutex<AtMostOnceTable>);
-
-impl SharedAtMostOnce {
-    pub(crate) fn new() -> Self {
-        Self(Mutex::new(AtMostOnceTable::new(AmoConfig::default())))
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, AtMostOnceTable> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl AtMostOnceStore for &SharedAtMostOnce {
-    fn attach(&mut self, key: &LineageKey, origin: LineageOrigin) {
-        self.table().attach(key, origin);
-    }
-    fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission {
-        self.table().admit(key, request_id, retry)
-    }
-    fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool {
-        self.table().complete(key, request_id, outcome)
-    }
-    fn abandon(&mut self, key: &LineageKey, request_id: u64) {
-        self.table().abandon(key, request_id);
-    }
-}
-
 /// Decodes msgpack arguments and validates them against the tool's schema.
 impl toolwire_protocol::authz::ArgumentValidator for Registry {
     fn validate(&self, tool: &str, args: &[u8]) -> Result<(), String> {
@@ -195,11 +164,19 @@ struct Running {
     audit: Option<Box<CallEntry>>,
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Finished(u64, ToolResult),
     Item(u64, serde_json::Value),
     /// The handler panicked: the call's outcome is unknown (AMO-026).
     Crashed(u64),
+    /// A call this connection's REQUEST `id` waited for, running on another
+    /// connection of the lineage, ended (AMO-011, `amo.rs`): answer the REQUEST with
+    /// its outcome, or RESULT_UNAVAILABLE when it has none (abandoned).
+    Awaited {
+        id: u64,
+        request_hash: [u8; 32],
+        outcome: Option<CachedOutcome>,
+    },
 }
 
 struct Driver<S> {
@@ -720,7 +697,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 let response = self.send_response(request.id, request_hash, result);
                 self.audit_write(entry, |entry| entry.answered(response));
             }
-            Verdict::AlreadyInFlight => self.audit_write(entry, |entry| entry),
+            Verdict::AlreadyInFlight => {
+                self.audit_write(entry, |entry| entry);
+                self.await_running_call(&request, request_hash);
+            }
             verdict => {
                 self.audit_write(entry, |entry| entry);
                 if verdict.refusal_code() == Some(ErrorCode::RESOURCE_EXHAUSTED) {
@@ -902,6 +882,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     }
                 }
             }
+            Outcome::Awaited {
+                id,
+                request_hash,
+                outcome,
+            } => self.answer_awaited(id, request_hash, outcome, None),
             Outcome::Crashed(id) => {
                 let Some(running) = self.running.remove(&id) else {
                     return;
@@ -917,6 +902,78 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     id: Some(id),
                     code: ErrorCode::INTERNAL.0,
                     message: "the tool failed".into(),
+                    retry_after_ms: None,
+                };
+                let _ = self.connection.send(Instant::now(), Message::Error(error));
+            }
+        }
+    }
+
+    /// A REQUEST whose id is executing (AMO-010) is answered with the running call's
+    /// outcome when it completes (AMO-011). A call running on this connection answers
+    /// it with its own answer; one running on another connection of the lineage (the
+    /// client reconnected before this server noticed the old connection died) hands
+    /// its outcome over through the at-most-once table (`amo.rs`).
+    fn await_running_call(&mut self, request: &Request, request_hash: [u8; 32]) {
+        if self.running.contains_key(&request.id) {
+            return;
+        }
+        let Some(lineage) = self.session.as_ref().map(|session| session.lineage) else {
+            return;
+        };
+        let fingerprint = CallFingerprint::of_request(request);
+        let Some(admission) = self.inner.at_most_once.wait_for(
+            &lineage,
+            request.id,
+            request.retry,
+            &fingerprint,
+            request_hash,
+            &self.outcomes,
+        ) else {
+            return;
+        };
+        // The call ended meanwhile: answer now.
+        let error = admission.error_code();
+        let outcome = match admission {
+            Admission::Duplicate(outcome) => Some(outcome),
+            _ => None,
+        };
+        self.answer_awaited(request.id, request_hash, outcome, error);
+    }
+
+    /// Answers a REQUEST that waited for a running call (AMO-011): with its outcome,
+    /// else with `error` (RESULT_UNAVAILABLE when none is given).
+    fn answer_awaited(
+        &mut self,
+        id: u64,
+        request_hash: [u8; 32],
+        outcome: Option<CachedOutcome>,
+        error: Option<ErrorCode>,
+    ) {
+        match outcome {
+            Some(CachedOutcome::Response(result)) => {
+                self.send_response(id, request_hash, result);
+            }
+            Some(outcome) => {
+                if let Some(error) = outcome.error_message(id) {
+                    let error = with_retry_hint(error, &self.inner);
+                    let _ = self.connection.send(Instant::now(), Message::Error(error));
+                }
+            }
+            None => {
+                let code = error.unwrap_or(ErrorCode::RESULT_UNAVAILABLE);
+                let message = match code {
+                    ErrorCode::RESULT_UNAVAILABLE => "result unavailable: the call may have run",
+                    ErrorCode::STALE_REQUEST_ID => "request id older than the at-most-once window",
+                    ErrorCode::FAILED_PRECONDITION => {
+                        "request id already used for a different call"
+                    }
+                    _ => "server busy, retry later",
+                };
+                let error = ErrorMessage {
+                    id: Some(id),
+                    code: code.0,
+                    message: message.into(),
                     retry_after_ms: None,
                 };
                 let _ = self.connection.send(Instant::now(), Message::Error(error));

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod amo;
 mod alerts;
 mod audit;
 mod builder;
@@ -38,6 +39,7 @@ mod tls;
 mod tool;
 
 pub use admission::{AdmissionRefusal, AdmissionRequest};
+pub use amo::AmoStoreError;
 pub use alerts::{Alert, AlertSink, AlertThresholds, LogAlertSink};
 pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
 pub use builder::{
