@@ -1,15 +1,15 @@
 //! Building a client and connecting.
 
 use crate::error::ConnectError;
-use crate::session::{self, Session};
+use crate::reconnect::ReconnectPolicy;
+use crate::session::{self, DialTemplate, Session};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::Connector;
 use toolwire_protocol::message::CapRequest;
-use toolwire_protocol::{ClientConfig, ConnectionLimits, Identity, IdentityKey, SUBPROTOCOL};
+use toolwire_protocol::{ConnectionLimits, Identity, IdentityKey};
 
 /// Entry point: `Client::builder()`.
 #[derive(Debug)]
@@ -34,6 +34,7 @@ pub struct ClientBuilder {
     allow_plaintext: bool,
     origin: Option<String>,
     tls_roots: crate::tls::TlsRoots,
+    reconnect: ReconnectPolicy,
 }
 
 impl Default for ClientBuilder {
@@ -51,6 +52,7 @@ impl Default for ClientBuilder {
             allow_plaintext: false,
             origin: None,
             tls_roots: crate::tls::TlsRoots::default(),
+            reconnect: ReconnectPolicy::default(),
         }
     }
 }
@@ -99,6 +101,35 @@ impl ClientBuilder {
     /// Replaces the connection limits.
     pub fn limits(mut self, limits: ConnectionLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// How the session reconnects after a lost connection and renews a connection
+    /// before its lifetime ends, resuming its at-most-once lineage. Default:
+    /// [`ReconnectPolicy::default()`] (on, 5 attempts, backoff from 100 ms to 5 s,
+    /// renewal 2 minutes before the lifetime ends);
+    /// [`ReconnectPolicy::disabled()`] turns both off.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use toolwire_client::{Client, ReconnectPolicy, protocol::Identity};
+    /// # let identity = Identity::generate(&mut rand_core::OsRng);
+    /// # let server_key = "CpeWKVTQpomJ2y54KVBYPNcgXQV4JKSsWPa2ZQ6Ghe0".parse()?;
+    /// let session = Client::builder()
+    ///     .identity(identity)
+    ///     .pin_server(server_key)
+    ///     .reconnect(
+    ///         ReconnectPolicy::default()
+    ///             .with_max_attempts(3)
+    ///             .with_backoff(Duration::from_millis(200), Duration::from_secs(2)),
+    ///     )
+    ///     .connect("ws://127.0.0.1:7700/toolwire")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
         self
     }
 
@@ -164,7 +195,9 @@ impl ClientBuilder {
         DangerousClientBuilder { builder: self }
     }
 
-    /// Dials `url`, runs the handshake and waits for the capability grant.
+    /// Dials `url`, runs the handshake and waits for the capability grant. A failure
+    /// of this first connection is returned as is, never retried; later losses are
+    /// handled by the [`reconnect`](Self::reconnect) policy.
     ///
     /// `url` is bound into the handshake: it must be exactly the public URL the
     /// server is configured with, or the handshake fails (HANDSHAKE_FAILED).
@@ -189,28 +222,30 @@ impl ClientBuilder {
             ));
         }
         let tls = check_url(url, self.allow_plaintext)?;
-        let mut request = url
-            .into_client_request()
+        url.into_client_request()
             .map_err(|error| ConnectError::InsecureOrInvalidUrl(error.to_string()))?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        if let Some(origin) = &self.origin {
-            let value = HeaderValue::from_str(origin)
-                .map_err(|_| ConnectError::Config("invalid Origin value"))?;
-            request.headers_mut().insert("Origin", value);
-        }
-        let config = ClientConfig::new(identity, self.trusted_servers, url, &mut rand_core::OsRng)
-            .with_cap_request(self.cap_request)
-            .with_trusted_operators(self.trusted_operators)
-            .with_limits(self.limits.clone());
+        let origin = self
+            .origin
+            .as_deref()
+            .map(HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| ConnectError::Config("invalid Origin value"))?;
         let connector = if tls {
             Connector::Rustls(self.tls_roots.client_config()?)
         } else {
             Connector::Plain
         };
-        session::open(request, Arc::new(config), self.sign_requests, connector).await
+        let template = DialTemplate {
+            identity,
+            trusted_servers: self.trusted_servers,
+            url: url.to_owned(),
+            origin,
+            connector,
+            cap_request: self.cap_request,
+            limits: self.limits,
+            sign_requests: self.sign_requests,
+        };
+        session::open(template, self.reconnect).await
     }
 }
 

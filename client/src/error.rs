@@ -65,10 +65,35 @@ pub enum CallError {
         /// For RESOURCE_EXHAUSTED: when a retry may succeed.
         retry_after_ms: Option<u64>,
     },
-    /// The connection closed before the call was answered.
+    /// The connection closed before the call was answered, and the session does not
+    /// reconnect: the close code names a refusal or fault that a new connection would
+    /// meet again (see [`ReconnectPolicy`](crate::ReconnectPolicy)), reconnection is
+    /// disabled, or the session was closed. A call that had been sent may or may not
+    /// have run.
     #[error("connection closed with {code} before the call was answered")]
     ConnectionClosed {
         /// The close code.
+        code: CloseCode,
+    },
+    /// The connection was lost and reconnecting failed: `attempts` connections in a
+    /// row were tried (or a dial was refused for good). A call that had been sent may
+    /// or may not have run; it is not re-sent. The session stays usable: the next call
+    /// tries to connect again.
+    #[error("connection lost ({code}); reconnecting failed after {attempts} attempt(s): {reason}")]
+    ReconnectFailed {
+        /// How the lost connection closed.
+        code: CloseCode,
+        /// Connections tried.
+        attempts: u32,
+        /// Why the last attempt failed.
+        reason: String,
+    },
+    /// The connection was lost while this streamed call was running. Streams are not
+    /// resumed on a new connection (their items cannot be replayed), so the tool may
+    /// or may not have run to its end.
+    #[error("connection lost ({code}) while the stream was running; streams are not resumed")]
+    StreamInterrupted {
+        /// How the connection closed.
         code: CloseCode,
     },
     /// The call's deadline passed on the client side (the server was sent CANCEL).
@@ -102,6 +127,26 @@ impl CallError {
             CallError::Rpc { code, .. } => Some(*code),
             CallError::DeadlineExceeded => Some(ErrorCode::DEADLINE_EXCEEDED),
             _ => None,
+        }
+    }
+
+    /// Whether the call may have run although no result reached the caller: the
+    /// server said so (RESULT_UNAVAILABLE, STALE_REQUEST_ID) or the connection was
+    /// lost after the call was sent. The session never repeats such a call under a
+    /// new request id (AMO-027); the application decides.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            CallError::Rpc { code, .. } => {
+                matches!(
+                    *code,
+                    ErrorCode::RESULT_UNAVAILABLE | ErrorCode::STALE_REQUEST_ID
+                )
+            }
+            CallError::ConnectionClosed { .. }
+            | CallError::ReconnectFailed { .. }
+            | CallError::StreamInterrupted { .. }
+            | CallError::DeadlineExceeded => true,
+            _ => false,
         }
     }
 }

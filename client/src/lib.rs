@@ -24,10 +24,13 @@
 
 mod builder;
 mod error;
+mod link;
+mod reconnect;
 mod session;
 mod tls;
 
 pub use builder::{Client, ClientBuilder, DangerousClientBuilder};
 pub use error::{CallError, ConnectError};
+pub use reconnect::ReconnectPolicy;
 pub use session::{CallOptions, CallStream, Session, StreamEvent};
 pub use toolwire_protocol as protocol;

@@ -1,52 +1,46 @@
-//! An open session: the connection task and the handle agents call tools through.
+//! An open session: the handle agents call tools through, and the supervisor task
+//! that keeps the session's at-most-once lineage across connections.
+//!
+//! ```text
+//!  Session (handle) ──commands──▶ supervisor ──LinkCommand──▶ link (one connection)
+//!        ▲                          │  ▲                         │ socket ⇄ Connection
+//!        └──── results, errors ─────┘  └──────── LinkEvent ──────┘
+//! ```
+//!
+//! The supervisor owns every call until it is answered: which connection it is in
+//! flight on, and whether its request id was ever handed to a transport (AMO-008).
+//! When a connection is lost it dials again, resuming the lineage (AMO-003), and
+//! re-sends the calls in flight with their ids and `retry = true`; it never re-sends
+//! an id with `retry = false` (AMO-009) and never re-issues a call under a new id
+//! (AMO-027). Before a connection's lifetime ends it opens the next one alongside
+//! (LIFE-004). See [`ReconnectPolicy`].
 
-use crate::builder::UPGRADE_TIMEOUT;
 use crate::error::{CallError, ConnectError};
-use futures_util::{SinkExt as _, Stream, StreamExt as _};
-use std::collections::{HashMap, HashSet};
+use crate::link::{self, Dial, LinkCommand, LinkEvent, Outgoing, Ready};
+use crate::reconnect::{self, ReconnectPolicy};
+use futures_util::Stream;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::handshake::client::Request as UpgradeRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use toolwire_protocol::envelope::{RequestFields, ResponseFields};
-use toolwire_protocol::manifest::{Manifest, ToolDescriptor};
-use toolwire_protocol::message::{
-    Cancel, CapGrant, CapUpdate, ErrorMessage, Request, SignedManifest,
-};
-use toolwire_protocol::record::HEADER_LEN;
-use toolwire_protocol::{
-    ClientConfig, CloseCode, Connection, ErrorCode, Event, IdentityKey, Message, Side, SUBPROTOCOL,
-};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long a connection whose socket failed a write keeps reading for the server's
-/// close code.
-const CLOSE_DRAIN: Duration = Duration::from_millis(200);
-
-/// How long one write to the socket may make no progress before the connection is
-/// closed with TRY_AGAIN_LATER (1013) (LIM-004). Bounds how long a server that stops
-/// reading holds the connection task and the calls queued behind it.
-const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long the close frame of a stalled connection is given before the socket is
-/// dropped.
-const STALLED_CLOSE_GRACE: Duration = Duration::from_millis(100);
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::Connector;
+use toolwire_protocol::manifest::ToolDescriptor;
+use toolwire_protocol::message::CapRequest;
+use toolwire_protocol::{ClientConfig, CloseCode, ConnectionLimits, Identity, IdentityKey};
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct CallOptions {
     /// Give up after this long: the call fails with DEADLINE_EXCEEDED and the server
-    /// is sent CANCEL. The deadline is also sent to the server. Default: none.
+    /// is sent CANCEL. The deadline is also sent to the server (what is left of it
+    /// when the call is re-sent after a reconnect), and bounds how long the call waits
+    /// for a reconnection. Default: none.
     pub timeout: Option<Duration>,
 }
 
@@ -84,6 +78,17 @@ impl Sink {
             }
         }
     }
+
+    fn finish(self, outcome: Result<Vec<u8>, CallError>) {
+        match self {
+            Sink::Unary(reply) => {
+                let _ = reply.send(outcome);
+            }
+            Sink::Stream(items) => {
+                let _ = items.send(outcome.and_then(|bytes| decode(&bytes).map(StreamEvent::Done)));
+            }
+        }
+    }
 }
 
 enum Command {
@@ -91,7 +96,7 @@ enum Command {
         id: u64,
         tool: String,
         args: Vec<u8>,
-        deadline_ms: Option<u64>,
+        deadline: Option<Instant>,
         sink: Sink,
     },
     Cancel(u64),
@@ -102,19 +107,51 @@ enum Command {
 #[derive(Default)]
 struct Shared {
     session_id: [u8; 32],
+    lineage: Option<[u8; 16]>,
     server_key: Option<IdentityKey>,
-    /// Tools as described by the manifest first received (what the agent approved).
+    /// Tools as described by the manifest first received (what the agent approved),
+    /// kept across the connections of the session (MAN-012).
     pinned_tools: Vec<ToolDescriptor>,
     /// Granted tool → digest it was granted under.
     granted: HashMap<String, Vec<u8>>,
     /// Tools whose definition changed since the pinned manifest.
     changed: HashSet<String>,
+    /// The close code of the last connection while no connection is open or opening.
     closed: Option<CloseCode>,
+}
+
+impl Shared {
+    /// MAN-011, MAN-012: a tool whose definition in `tools` differs from the pinned
+    /// one, or that is missing, is marked changed; the first manifest is pinned.
+    fn compare_manifest(&mut self, tools: &[ToolDescriptor]) {
+        if self.pinned_tools.is_empty() {
+            self.pinned_tools = tools.to_vec();
+            return;
+        }
+        let current: HashMap<&str, [u8; 32]> = tools
+            .iter()
+            .map(|tool| (tool.name.as_str(), tool.digest()))
+            .collect();
+        let changed: Vec<String> = self
+            .pinned_tools
+            .iter()
+            .filter(|pinned| current.get(pinned.name.as_str()) != Some(&pinned.digest()))
+            .map(|pinned| pinned.name.clone())
+            .collect();
+        for name in changed {
+            if self.changed.insert(name.clone()) {
+                tracing::warn!(tool = %name, event = "manifest_changed", "toolwire tool definition changed since it was approved");
+            }
+        }
+    }
 }
 
 /// An authenticated session with a tool server. Cheap to share behind an `Arc`; every
 /// method takes `&self`, and many calls may run concurrently over the one connection.
-/// Dropping the session closes the connection.
+///
+/// The session outlives its connections: when one is lost it reconnects and resumes
+/// its at-most-once lineage, re-sending calls in flight so that each runs at most
+/// once (see [`ReconnectPolicy`]). Dropping the session closes the connection.
 pub struct Session {
     commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Mutex<Shared>>,
@@ -140,9 +177,16 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 impl Session {
-    /// The session id (the handshake hash, shared by both ends).
+    /// The session id of the current connection (the handshake hash, shared by both
+    /// ends). It changes when the session reconnects.
     pub fn session_id(&self) -> [u8; 32] {
         lock(&self.shared).session_id
+    }
+
+    /// The at-most-once lineage id (AMO-003): the first 16 bytes of the first
+    /// connection's session id, named in the handshake of every later connection.
+    pub fn lineage_id(&self) -> [u8; 16] {
+        lock(&self.shared).lineage.unwrap_or_default()
     }
 
     /// The server's authenticated identity key.
@@ -162,7 +206,9 @@ impl Session {
         names
     }
 
-    /// The close code, once the connection has closed.
+    /// The close code of the last connection, while the session has no connection
+    /// open or opening: closed for good, or disconnected after a loss with no call
+    /// waiting (the next call reconnects). `None` while connected or reconnecting.
     pub fn close_code(&self) -> Option<CloseCode> {
         lock(&self.shared).closed
     }
@@ -170,10 +216,17 @@ impl Session {
     /// Calls `tool` with `args` (any serde value; sent as msgpack) and returns the
     /// result as JSON.
     ///
+    /// A call in flight when the connection is lost is re-sent on the next
+    /// connection under the same request id; the server runs it at most once.
+    ///
     /// # Errors
     /// [`CallError::Rpc`] with the server's code (PERMISSION_DENIED, INVALID_ARGUMENT,
-    /// RESOURCE_EXHAUSTED with `retry_after_ms`, …); [`CallError::ManifestChanged`] when
-    /// the tool's definition changed since connect; [`CallError::ConnectionClosed`].
+    /// RESOURCE_EXHAUSTED with `retry_after_ms`, …; RESULT_UNAVAILABLE or
+    /// STALE_REQUEST_ID when the call was re-sent after a reconnect and the server
+    /// cannot tell its outcome: it may have run, see [`CallError::outcome_unknown`]);
+    /// [`CallError::ManifestChanged`] when the tool's definition changed since
+    /// connect; [`CallError::ConnectionClosed`] when the session ended;
+    /// [`CallError::ReconnectFailed`] when reconnecting gave up.
     pub async fn call(
         &self,
         tool: &str,
@@ -225,6 +278,9 @@ impl Session {
     /// Starts a streamed call: items arrive as the tool produces them, then the final
     /// result. Dropping the stream before the end cancels the call.
     ///
+    /// Streams are not resumed across connections: a stream still running when its
+    /// connection is lost ends with [`CallError::StreamInterrupted`].
+    ///
     /// # Errors
     /// [`CallError::Encoding`] when the arguments do not encode,
     /// [`CallError::ManifestChanged`] or [`CallError::ConnectionClosed`] at once;
@@ -258,15 +314,13 @@ impl Session {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let deadline_ms = options
-            .timeout
-            .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let deadline = options.timeout.map(|timeout| Instant::now() + timeout);
         self.commands
             .send(Command::Call {
                 id,
                 tool: tool.to_owned(),
                 args,
-                deadline_ms,
+                deadline,
                 sink,
             })
             .map_err(|_| self.closed_error())?;
@@ -283,7 +337,8 @@ impl Session {
         }
     }
 
-    /// Closes the session with NORMAL (1000) after an authenticated CLOSE.
+    /// Closes the session with NORMAL (1000) after an authenticated CLOSE; calls
+    /// still waiting fail with [`CallError::ConnectionClosed`].
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
@@ -295,7 +350,7 @@ impl Drop for Session {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<serde_json::Value, CallError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<serde_json::Value, CallError> {
     rmp_serde::from_slice(bytes).map_err(|error| CallError::Encoding(error.to_string()))
 }
 
@@ -355,65 +410,81 @@ impl Stream for CallStream {
     }
 }
 
-struct Pending {
-    sink: Sink,
-    request_hash: [u8; 32],
+/// Upper bound of the first connection's handshake and capability grant, after the
+/// upgrade.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What every connection of a session is dialed with.
+pub(crate) struct DialTemplate {
+    pub(crate) identity: Identity,
+    pub(crate) trusted_servers: Vec<IdentityKey>,
+    pub(crate) url: String,
+    pub(crate) origin: Option<HeaderValue>,
+    pub(crate) connector: Connector,
+    pub(crate) cap_request: CapRequest,
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) sign_requests: bool,
 }
 
-pub(crate) async fn open(
-    request: UpgradeRequest,
-    config: Arc<ClientConfig>,
-    sign_requests: bool,
-    connector: tokio_tungstenite::Connector,
-) -> Result<Session, ConnectError> {
-    let tls = matches!(connector, tokio_tungstenite::Connector::Rustls(_));
-    let max_record = HEADER_LEN + config.limits().max_record_body;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .max_message_size(Some(max_record))
-        .max_frame_size(Some(max_record))
-        .write_buffer_size(0)
-        .max_write_buffer_size(1024 * 1024);
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(ws_config),
-        true,
-        Some(connector),
-    );
-    let (socket, response) = tokio::time::timeout(UPGRADE_TIMEOUT, connecting)
-        .await
-        .map_err(|_| ConnectError::Timeout)?
-        .map_err(|error| crate::tls::connect_error(error, tls))?;
-    let echoed = response
-        .headers()
-        .get("Sec-WebSocket-Protocol")
-        .and_then(|value| value.to_str().ok());
-    if echoed != Some(SUBPROTOCOL) {
-        return Err(ConnectError::SubprotocolNotAccepted);
+impl DialTemplate {
+    /// A connection asking for the same tools and grants, resuming `lineage` when
+    /// there is one (AMO-003).
+    fn dial(&self, lineage: Option<[u8; 16]>) -> Dial {
+        let mut config = ClientConfig::new(
+            self.identity.clone(),
+            self.trusted_servers.clone(),
+            self.url.clone(),
+            &mut rand_core::OsRng,
+        )
+        .with_cap_request(self.cap_request.clone())
+        .with_limits(self.limits.clone());
+        if let Some(lineage) = lineage {
+            config = config.with_lineage(lineage);
+        }
+        Dial {
+            url: self.url.clone(),
+            origin: self.origin.clone(),
+            connector: self.connector.clone(),
+            config: Arc::new(config),
+            sign_requests: self.sign_requests,
+        }
     }
-    let connection = Connection::client_at(
-        config.clone(),
-        Instant::now(),
-        unix_now(),
-        &mut rand_core::OsRng,
-    );
+}
+
+/// Opens the first connection and returns the session once its capability grant
+/// arrived. A failure of this first connection is returned, never retried.
+pub(crate) async fn open(
+    template: DialTemplate,
+    policy: ReconnectPolicy,
+) -> Result<Session, ConnectError> {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (commands, command_receiver) = mpsc::unbounded_channel();
-    let (ready, ready_receiver) = oneshot::channel();
-    let driver = Driver {
-        socket,
-        connection,
-        commands: command_receiver,
-        pending: HashMap::new(),
+    let (events_sender, events) = mpsc::unbounded_channel();
+    let (connected, connected_receiver) = oneshot::channel();
+    let supervisor = Supervisor {
+        template,
+        policy,
         shared: shared.clone(),
-        config,
-        sign_requests,
-        ready: Some(ready),
-        handshake_error: None,
+        commands: command_receiver,
+        commands_open: true,
+        events,
+        events_sender,
+        calls: BTreeMap::new(),
+        links: HashMap::new(),
+        active: None,
+        dialing: None,
+        next_link: 0,
+        attempts: 0,
+        flaps: 0,
+        lost_with: CloseCode::GOING_AWAY,
+        retry_at: None,
+        renew_at: None,
+        connected: Some(connected),
+        ended: None,
     };
-    tokio::spawn(driver.run());
-    let handshake_deadline = Duration::from_secs(10);
-    match tokio::time::timeout(handshake_deadline, ready_receiver).await {
+    tokio::spawn(supervisor.run());
+    let deadline = crate::builder::UPGRADE_TIMEOUT + HANDSHAKE_DEADLINE;
+    match tokio::time::timeout(deadline, connected_receiver).await {
         Ok(Ok(Ok(()))) => Ok(Session {
             commands,
             shared,
@@ -424,397 +495,509 @@ pub(crate) async fn open(
     }
 }
 
-/// The connection task: moves records between the socket and the protocol state
-/// machine, and calls between the session handle and the wire.
-struct Driver {
-    socket: Socket,
-    connection: Connection,
-    commands: mpsc::UnboundedReceiver<Command>,
-    pending: HashMap<u64, Pending>,
-    shared: Arc<Mutex<Shared>>,
-    config: Arc<ClientConfig>,
-    sign_requests: bool,
-    ready: Option<oneshot::Sender<Result<(), ConnectError>>>,
-    handshake_error: Option<toolwire_protocol::Error>,
+/// One call, from submission to its answer.
+struct Call {
+    tool: String,
+    args: Vec<u8>,
+    deadline: Option<Instant>,
+    sink: Sink,
+    /// The link it is in flight on; `None` while it waits for a connection.
+    link: Option<u64>,
+    /// Its request id was handed to a transport: every later send is a retry
+    /// (AMO-008, AMO-009).
+    sent: bool,
 }
 
-impl Driver {
+/// The supervisor's view of one link.
+struct LinkState {
+    commands: mpsc::UnboundedSender<LinkCommand>,
+    /// It answered a call: the connection worked end to end.
+    answered: bool,
+    /// Replaced by a newer connection (LIFE-004): takes no new calls and is closed
+    /// once its last call is answered.
+    draining: bool,
+}
+
+/// The session task: owns the calls, the lineage and the links.
+struct Supervisor {
+    template: DialTemplate,
+    policy: ReconnectPolicy,
+    shared: Arc<Mutex<Shared>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    events: mpsc::UnboundedReceiver<(u64, LinkEvent)>,
+    events_sender: link::LinkEvents,
+    /// Calls not yet answered, by request id (resent in id order).
+    calls: BTreeMap<u64, Call>,
+    links: HashMap<u64, LinkState>,
+    /// The ready link new calls go to.
+    active: Option<u64>,
+    /// The link being dialed, if any.
+    dialing: Option<u64>,
+    next_link: u64,
+    /// Dials of the current outage that failed.
+    attempts: u32,
+    /// Connections in a row lost without answering any call (a flapping server).
+    flaps: u32,
+    /// How the last lost connection closed.
+    lost_with: CloseCode,
+    /// When to dial again after a loss.
+    retry_at: Option<Instant>,
+    /// When to open the replacement of the active connection (LIFE-004).
+    renew_at: Option<Instant>,
+    /// The caller of [`open`], until the first connection is ready or failed.
+    connected: Option<oneshot::Sender<Result<(), ConnectError>>>,
+    /// The session is over, with this code; the task ends once its links are gone.
+    ended: Option<CloseCode>,
+}
+
+impl Supervisor {
     async fn run(mut self) {
-        let code = self.run_until_closed().await;
-        lock(&self.shared).closed = Some(code);
-        if let Some(ready) = self.ready.take() {
-            let error = match self.handshake_error.take() {
-                Some(error) => ConnectError::Handshake { error, code },
-                None => ConnectError::Closed {
-                    code,
-                    side: Side::Remote,
-                },
-            };
-            let _ = ready.send(Err(error));
-        }
-        for (_, pending) in self.pending.drain() {
-            pending.sink.fail(CallError::ConnectionClosed { code });
-        }
-        tracing::debug!(%code, "toolwire client connection closed");
-    }
-
-    /// Runs until the connection is closed; returns the close code.
-    async fn run_until_closed(&mut self) -> CloseCode {
-        loop {
-            // Events first: handling them may queue records.
-            self.drain_events();
-            match self.flush().await {
-                Ok(()) => {}
-                Err(CloseCode::TRY_AGAIN_LATER) => {
-                    // LIM-004: the server stopped reading.
-                    tracing::warn!(
-                        event = "write_stalled",
-                        "toolwire server stopped reading: closing the connection"
-                    );
-                    let code = CloseCode::TRY_AGAIN_LATER;
-                    self.connection.close(code, "");
-                    self.send_close_frame(code, STALLED_CLOSE_GRACE).await;
-                    return code;
-                }
-                Err(_) => return self.close_code_after_write_failure().await,
-            }
-            if let Some((code, _)) = self.connection.close_code() {
-                // Best effort: the peer may already be gone.
-                self.send_close_frame(code, WRITE_STALL_TIMEOUT).await;
-                return code;
-            }
-            let deadline = self.connection.poll_timeout().map_or_else(
-                || tokio::time::Instant::now() + Duration::from_secs(3600),
-                tokio::time::Instant::from_std,
-            );
+        self.dial();
+        while self.ended.is_none() || !self.links.is_empty() {
+            let wake = self.retry_at.into_iter().chain(self.renew_at).min();
+            let sleep_until = wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                frame = self.socket.next() => {
-                    if let Some(code) = self.handle_frame(frame) {
-                        return code;
-                    }
-                }
-                command = self.commands.recv() => self.handle_command(command),
-                () = tokio::time::sleep_until(deadline) => {
-                    let _ = self.connection.handle_timeout(Instant::now());
-                }
+                command = self.commands.recv(), if self.commands_open => self.on_command(command),
+                Some((link, event)) = self.events.recv() => self.on_link_event(link, event),
+                () = tokio::time::sleep_until(sleep_until), if wake.is_some() => self.on_timer(),
             }
+        }
+        let code = self.ended.unwrap_or(CloseCode::NORMAL);
+        lock(&self.shared).closed = Some(code);
+        for (_, call) in std::mem::take(&mut self.calls) {
+            call.sink.fail(CallError::ConnectionClosed { code });
         }
     }
 
-    /// The socket refused a write, typically because the server closed the connection
-    /// while this side was still sending. What the server sent before going away
-    /// (answers, its CLOSE record, its close frame) may still be buffered: read it, for
-    /// at most [`CLOSE_DRAIN`], so that callers learn the server's close code (say
-    /// RATE_LIMITED) instead of GOING_AWAY.
-    async fn close_code_after_write_failure(&mut self) -> CloseCode {
-        let drain = async {
-            loop {
-                let frame = self.socket.next().await;
-                let gone = self.handle_frame(frame);
-                self.drain_events();
-                if let Some((code, _)) = self.connection.close_code() {
-                    return code;
-                }
-                if let Some(code) = gone {
-                    return code;
-                }
-            }
-        };
-        tokio::time::timeout(CLOSE_DRAIN, drain)
-            .await
-            .unwrap_or(CloseCode::GOING_AWAY)
-    }
-
-    /// Sends every queued record: `Err(GOING_AWAY)` when the socket failed,
-    /// `Err(TRY_AGAIN_LATER)` when a send made no progress within
-    /// [`WRITE_STALL_TIMEOUT`] (LIM-004).
-    async fn flush(&mut self) -> Result<(), CloseCode> {
-        while let Some(record) = self.connection.poll_transmit() {
-            let send = self.socket.send(WsMessage::Binary(record.into()));
-            match tokio::time::timeout(WRITE_STALL_TIMEOUT, send).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(CloseCode::GOING_AWAY),
-                Err(_) => return Err(CloseCode::TRY_AGAIN_LATER),
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a close frame with `code`, giving up after `within`.
-    async fn send_close_frame(&mut self, code: CloseCode, within: Duration) {
-        let frame = CloseFrame {
-            code: WsCloseCode::from(code.0),
-            reason: "".into(),
-        };
-        let close = self.socket.send(WsMessage::Close(Some(frame)));
-        let _ = tokio::time::timeout(within, close).await;
-    }
-
-    /// Returns a close code when the socket is gone.
-    fn handle_frame(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Option<CloseCode> {
-        match frame {
-            Some(Ok(WsMessage::Binary(bytes))) => {
-                if let Err(error) = self.connection.handle_record(Instant::now(), &bytes) {
-                    if self.ready.is_some() {
-                        self.handshake_error = Some(error);
-                    }
-                }
-                None
-            }
-            Some(Ok(WsMessage::Text(_))) => {
-                self.connection.close(CloseCode::UNSUPPORTED_DATA, "");
-                None
-            }
-            Some(Ok(WsMessage::Close(frame))) => {
-                Some(frame.map_or(CloseCode::GOING_AWAY, |frame| {
-                    CloseCode(u16::from(frame.code))
-                }))
-            }
-            Some(Ok(_)) => None,
-            Some(Err(WsError::Capacity(_))) => {
-                self.connection.close(CloseCode::MESSAGE_TOO_BIG, "");
-                None
-            }
-            Some(Err(_)) | None => Some(CloseCode::GOING_AWAY),
-        }
-    }
-
-    fn handle_command(&mut self, command: Option<Command>) {
+    fn on_command(&mut self, command: Option<Command>) {
         match command {
             Some(Command::Call {
                 id,
                 tool,
                 args,
-                deadline_ms,
+                deadline,
                 sink,
-            }) => self.send_call(id, tool, args, deadline_ms, sink),
-            Some(Command::Cancel(id)) => {
-                if self.pending.remove(&id).is_some() {
-                    let _ = self
-                        .connection
-                        .send(Instant::now(), Message::Cancel(Cancel { id }));
-                }
-            }
-            Some(Command::Close) | None => self.connection.close(CloseCode::NORMAL, ""),
-        }
-    }
-
-    fn send_call(
-        &mut self,
-        id: u64,
-        tool: String,
-        args: Vec<u8>,
-        deadline_ms: Option<u64>,
-        sink: Sink,
-    ) {
-        let session_id = lock(&self.shared).session_id;
-        let fields = RequestFields {
-            session_id: &session_id,
-            request_id: id,
-            tool: &tool,
-            args: &args,
-            grant_id: "",
-        };
-        let request_hash = fields.hash();
-        let signature = self
-            .sign_requests
-            .then(|| fields.sign(self.config.identity()).to_vec().into());
-        let request = Request {
-            id,
-            tool,
-            args: args.into(),
-            grant_id: None,
-            deadline_ms,
-            signature,
-            retry: false,
-        };
-        match self
-            .connection
-            .send(Instant::now(), Message::Request(request))
-        {
-            Ok(()) => {
-                self.pending.insert(id, Pending { sink, request_hash });
-            }
-            Err(toolwire_protocol::Error::Local(error)) => {
-                sink.fail(CallError::Encoding(error.to_string()))
-            }
-            Err(error) => sink.fail(CallError::ConnectionClosed {
-                code: error.close_code().unwrap_or(CloseCode::INTERNAL_ERROR),
-            }),
-        }
-    }
-
-    fn drain_events(&mut self) {
-        while let Some(event) = self.connection.poll_event() {
-            match event {
-                Event::Established(session) => {
-                    let mut shared = lock(&self.shared);
-                    shared.session_id = session.session_id;
-                    shared.server_key = Some(session.peer);
-                }
-                Event::Message(message) => self.handle_message(message),
-                Event::Closed { code, side, error } => {
-                    tracing::debug!(%code, %side, ?error, "toolwire connection closed");
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn handle_message(&mut self, message: Message) {
-        match message {
-            Message::CapGrant(grant) => self.handle_grant(grant),
-            Message::CapUpdate(update) => self.handle_update(update),
-            Message::Response(response) => {
-                let Some(pending) = self.pending.remove(&response.id) else {
-                    return;
-                };
-                let verified = self.verify_response(
-                    response.id,
-                    &pending.request_hash,
-                    &response.result,
-                    response.signature.as_deref(),
-                );
-                let outcome = if verified {
-                    Ok(response.result.into_vec())
-                } else {
-                    Err(CallError::BadResponseSignature)
-                };
-                match pending.sink {
-                    Sink::Unary(reply) => {
-                        let _ = reply.send(outcome);
-                    }
-                    Sink::Stream(items) => {
-                        let _ = items
-                            .send(outcome.and_then(|bytes| decode(&bytes).map(StreamEvent::Done)));
-                    }
-                }
-            }
-            Message::StreamItem(item) => {
-                if let Some(Pending {
-                    sink: Sink::Stream(items),
-                    ..
-                }) = self.pending.get(&item.id)
-                {
-                    let _ = items.send(decode(&item.data).map(StreamEvent::Item));
-                }
-            }
-            Message::Error(ErrorMessage {
-                id: Some(id),
-                code,
-                message,
-                retry_after_ms,
             }) => {
-                if let Some(pending) = self.pending.remove(&id) {
-                    pending.sink.fail(CallError::Rpc {
-                        code: ErrorCode(code),
-                        message,
-                        retry_after_ms,
-                    });
+                if let Some(code) = self.ended {
+                    sink.fail(CallError::ConnectionClosed { code });
+                    return;
+                }
+                self.calls.insert(
+                    id,
+                    Call {
+                        tool,
+                        args,
+                        deadline,
+                        sink,
+                        link: None,
+                        sent: false,
+                    },
+                );
+                self.dispatch_waiting();
+            }
+            Some(Command::Cancel(id)) => {
+                if let Some(Call {
+                    link: Some(link), ..
+                }) = self.calls.remove(&id)
+                {
+                    self.send_to(link, LinkCommand::Cancel(id));
+                    self.close_if_drained(link);
                 }
             }
-            Message::Error(error) => {
-                tracing::warn!(code = %error.error_code(), message = %error.message, "toolwire server reported a connection error")
+            Some(Command::Close) => self.close_session(CloseCode::NORMAL),
+            None => {
+                self.commands_open = false;
+                self.close_session(CloseCode::NORMAL);
             }
-            _ => {}
         }
     }
 
-    fn verify_response(
-        &self,
-        id: u64,
-        request_hash: &[u8; 32],
-        result: &[u8],
-        signature: Option<&Vec<u8>>,
-    ) -> bool {
-        let shared = lock(&self.shared);
-        let (Some(server), Some(signature)) = (shared.server_key, signature) else {
-            // Unsigned responses are accepted only when this client does not sign
-            // either (a deployment that switched envelope signatures off).
-            return !self.sign_requests;
+    fn on_link_event(&mut self, link: u64, event: LinkEvent) {
+        match event {
+            LinkEvent::Ready(ready) => self.on_ready(link, ready),
+            LinkEvent::Failed(error) => self.on_failed(link, error),
+            LinkEvent::Update { tools, granted } => {
+                if self.active == Some(link) {
+                    let mut shared = lock(&self.shared);
+                    if let Some(tools) = tools {
+                        shared.compare_manifest(&tools);
+                    }
+                    shared.granted = granted;
+                }
+            }
+            LinkEvent::Answer { id, outcome } => {
+                if self
+                    .calls
+                    .get(&id)
+                    .is_some_and(|call| call.link == Some(link))
+                {
+                    if let Some(call) = self.calls.remove(&id) {
+                        call.sink.finish(outcome);
+                    }
+                    if let Some(state) = self.links.get_mut(&link) {
+                        state.answered = true;
+                    }
+                    self.flaps = 0;
+                    self.close_if_drained(link);
+                }
+            }
+            LinkEvent::Item { id, item } => {
+                if let Some(Call {
+                    sink: Sink::Stream(items),
+                    link: Some(on),
+                    ..
+                }) = self.calls.get(&id)
+                {
+                    if *on == link {
+                        let _ = items.send(item.map(StreamEvent::Item));
+                    }
+                }
+            }
+            LinkEvent::Closed { code } => self.on_closed(link, code),
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            if self.dialing.is_none() && self.active.is_none() {
+                self.dial();
+            }
+        }
+        if self.renew_at.is_some_and(|at| at <= now) {
+            self.renew_at = None;
+            if self.dialing.is_none() {
+                tracing::debug!("toolwire session renews its connection before its lifetime ends");
+                self.dial();
+            }
+        }
+    }
+
+    /// Opens a new connection, resuming the lineage once there is one.
+    fn dial(&mut self) {
+        let link = self.next_link;
+        self.next_link += 1;
+        let lineage = {
+            let mut shared = lock(&self.shared);
+            if self.active.is_none() {
+                shared.closed = None;
+            }
+            shared.lineage
         };
-        ResponseFields {
-            session_id: &shared.session_id,
-            request_id: id,
-            request_hash,
-            result,
+        let commands = link::spawn(
+            link,
+            self.template.dial(lineage),
+            self.events_sender.clone(),
+        );
+        self.links.insert(
+            link,
+            LinkState {
+                commands,
+                answered: false,
+                draining: false,
+            },
+        );
+        self.dialing = Some(link);
+    }
+
+    fn on_ready(&mut self, link: u64, ready: Ready) {
+        if self.dialing == Some(link) {
+            self.dialing = None;
         }
-        .verify(&server, signature)
-        .is_ok()
-    }
-
-    fn verified_manifest(&self, signed: &SignedManifest) -> Option<Manifest> {
-        let server = lock(&self.shared).server_key?;
-        Manifest::verify(signed, &server).ok()
-    }
-
-    fn handle_grant(&mut self, grant: CapGrant) {
-        let Some(manifest) = self.verified_manifest(&grant.manifest) else {
-            if let Some(ready) = self.ready.take() {
-                let _ = ready.send(Err(ConnectError::BadManifest));
-            }
-            self.connection.close(CloseCode::PROTOCOL_VIOLATION, "");
+        if !self.links.contains_key(&link) {
             return;
-        };
+        }
+        if self.ended.is_some() {
+            self.send_to(link, LinkCommand::Close(CloseCode::NORMAL));
+            return;
+        }
         {
             let mut shared = lock(&self.shared);
-            shared.pinned_tools = manifest.tools;
-            shared.granted = grant
-                .granted
-                .into_iter()
-                .map(|tool| (tool.name, tool.digest.into_vec()))
-                .collect();
+            shared.session_id = ready.session_id;
+            shared.server_key = Some(ready.server_key);
+            if shared.lineage.is_none() {
+                // AMO-003: the lineage of a session started without `resume`.
+                let mut lineage = [0; 16];
+                lineage.copy_from_slice(&ready.session_id[..16]);
+                shared.lineage = Some(lineage);
+            }
+            shared.granted = ready.granted;
+            shared.compare_manifest(&ready.tools);
+            shared.closed = None;
         }
-        if let Some(ready) = self.ready.take() {
-            let _ = ready.send(Ok(()));
+        if let Some(previous) = self.active.replace(link) {
+            if let Some(state) = self.links.get_mut(&previous) {
+                state.draining = true;
+            }
+            self.close_if_drained(previous);
+        }
+        self.retry_at = None;
+        self.attempts = 0;
+        self.renew_at = self
+            .policy
+            .enabled
+            .then(|| Instant::now() + self.policy.renew_after(ready.lifetime));
+        if let Some(connected) = self.connected.take() {
+            let _ = connected.send(Ok(()));
+        }
+        self.dispatch_waiting();
+    }
+
+    fn on_failed(&mut self, link: u64, error: ConnectError) {
+        self.links.remove(&link);
+        if self.dialing == Some(link) {
+            self.dialing = None;
+        }
+        let refused_with = match &error {
+            ConnectError::Handshake { code, .. } | ConnectError::Closed { code, .. } => Some(*code),
+            _ => None,
+        };
+        if let Some(connected) = self.connected.take() {
+            // The first connection: its failure is `connect`'s error.
+            self.ended = Some(refused_with.unwrap_or(CloseCode::GOING_AWAY));
+            let _ = connected.send(Err(error));
+            return;
+        }
+        if self.ended.is_some() {
+            return;
+        }
+        tracing::debug!(%error, "toolwire client could not reconnect");
+        if self.active.is_some() {
+            // A renewal failed; the current connection serves until its end.
+            if reconnect::dial_retryable(&error) {
+                self.renew_at = Some(Instant::now() + self.policy.max_backoff);
+            }
+            return;
+        }
+        self.attempts += 1;
+        if !reconnect::dial_retryable(&error) {
+            // A refusal every later attempt would meet again: the session ends.
+            self.give_up(&error.to_string());
+            self.end(refused_with.unwrap_or(self.lost_with));
+        } else if self.attempts >= self.policy.max_attempts {
+            self.give_up(&error.to_string());
+        } else {
+            self.schedule_reconnect();
         }
     }
 
-    /// A changed or renamed tool definition is reported, never silently accepted: the
-    /// tool is marked changed and calls to it fail with MANIFEST_CHANGED.
-    fn handle_update(&mut self, update: CapUpdate) {
-        let manifest = match &update.manifest {
-            Some(signed) => match self.verified_manifest(signed) {
-                Some(manifest) => Some(manifest),
-                None => {
-                    self.connection.close(CloseCode::PROTOCOL_VIOLATION, "");
-                    return;
-                }
-            },
-            None => None,
+    fn on_closed(&mut self, link: u64, code: CloseCode) {
+        let Some(state) = self.links.remove(&link) else {
+            return;
         };
-        let mut shared = lock(&self.shared);
-        if let Some(manifest) = manifest {
-            let current: HashMap<&str, [u8; 32]> = manifest
-                .tools
-                .iter()
-                .map(|tool| (tool.name.as_str(), tool.digest()))
-                .collect();
-            let changed: Vec<String> = shared
-                .pinned_tools
-                .iter()
-                .filter(|pinned| current.get(pinned.name.as_str()) != Some(&pinned.digest()))
-                .map(|pinned| pinned.name.clone())
-                .collect();
-            for name in changed {
-                tracing::warn!(tool = %name, event = "manifest_changed", "toolwire tool definition changed since it was approved");
-                shared.changed.insert(name);
+        let was_active = self.active == Some(link);
+        if was_active {
+            self.active = None;
+            self.renew_at = None;
+        }
+        let on_link: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.link == Some(link))
+            .map(|(id, _)| *id)
+            .collect();
+        let reconnect =
+            self.ended.is_none() && self.policy.enabled && reconnect::reconnectable(code);
+        if !reconnect {
+            for id in &on_link {
+                if let Some(call) = self.calls.remove(id) {
+                    call.sink.fail(CallError::ConnectionClosed { code });
+                }
+            }
+            if was_active && self.ended.is_none() {
+                // A refusal or fault a new connection would meet again.
+                self.end(code);
+            }
+            return;
+        }
+        tracing::debug!(%code, calls = on_link.len(), "toolwire connection lost; resuming the lineage");
+        for id in on_link {
+            let interrupted_stream = self
+                .calls
+                .get(&id)
+                .is_some_and(|call| matches!(call.sink, Sink::Stream(_)));
+            if interrupted_stream {
+                if let Some(call) = self.calls.remove(&id) {
+                    call.sink.fail(CallError::StreamInterrupted { code });
+                }
+            } else if let Some(call) = self.calls.get_mut(&id) {
+                call.link = None;
             }
         }
-        shared.granted = update
-            .granted
-            .into_iter()
-            .map(|tool| (tool.name, tool.digest.into_vec()))
-            .collect();
+        if was_active {
+            self.lost_with = code;
+            if state.answered {
+                self.flaps = 0;
+            } else {
+                self.flaps += 1;
+            }
+            if self.flaps > self.policy.max_attempts {
+                self.give_up("connections keep closing before answering");
+                return;
+            }
+        }
+        self.dispatch_waiting();
     }
-}
 
-/// Wall-clock seconds, for checking server certificates (ID-013); 0 (no clock, so
-/// pinned keys only) if the system clock is before 1970.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
+    /// Sends the calls waiting for a connection to the active one, or arranges for
+    /// a connection when there is none. Calls to a tool whose definition changed
+    /// fail instead (MAN-011, MAN-012).
+    fn dispatch_waiting(&mut self) {
+        let waiting: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.link.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if waiting.is_empty() {
+            if self.active.is_none() && self.dialing.is_none() && self.ended.is_none() {
+                // Nothing waits: reconnect on the next call.
+                self.retry_at = None;
+                lock(&self.shared).closed = Some(self.lost_with);
+            }
+            return;
+        }
+        let Some(active) = self.active else {
+            self.schedule_reconnect();
+            return;
+        };
+        let changed = lock(&self.shared).changed.clone();
+        for id in waiting {
+            if self
+                .calls
+                .get(&id)
+                .is_some_and(|call| changed.contains(&call.tool))
+            {
+                if let Some(call) = self.calls.remove(&id) {
+                    call.sink
+                        .fail(CallError::ManifestChanged { tool: call.tool });
+                }
+                continue;
+            }
+            self.send_call(id, active);
+        }
+    }
+
+    /// Dials again after the backoff of the failures so far, unless a dial is
+    /// already under way or the session cannot reconnect.
+    fn schedule_reconnect(&mut self) {
+        if self.ended.is_some() || self.dialing.is_some() || self.retry_at.is_some() {
+            return;
+        }
+        if !self.policy.enabled {
+            self.end(self.lost_with);
+            return;
+        }
+        lock(&self.shared).closed = None;
+        let failures = self.attempts.max(self.flaps);
+        self.retry_at = Some(Instant::now() + self.policy.backoff(failures));
+    }
+
+    fn send_call(&mut self, id: u64, link: u64) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let deadline_ms = call.deadline.map(|deadline| {
+            u64::try_from(deadline.saturating_duration_since(now).as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        let outgoing = Outgoing {
+            id,
+            tool: call.tool.clone(),
+            args: call.args.clone(),
+            deadline_ms,
+            // AMO-008, AMO-009: an id once handed to a transport is only ever
+            // re-sent as a retry.
+            retry: call.sent,
+        };
+        call.sent = true;
+        call.link = Some(link);
+        self.send_to(link, LinkCommand::Request(outgoing));
+    }
+
+    fn send_to(&self, link: u64, command: LinkCommand) {
+        if let Some(state) = self.links.get(&link) {
+            // A link that is gone reports its close, which decides the call's fate.
+            let _ = state.commands.send(command);
+        }
+    }
+
+    /// Closes a replaced link once no call is in flight on it.
+    fn close_if_drained(&self, link: u64) {
+        let draining = self.links.get(&link).is_some_and(|state| state.draining);
+        if draining && !self.calls.values().any(|call| call.link == Some(link)) {
+            self.send_to(link, LinkCommand::Close(CloseCode::NORMAL));
+        }
+    }
+
+    /// Reconnecting gave up: the calls waiting for a connection fail; the session
+    /// stays usable and the next call tries again.
+    fn give_up(&mut self, reason: &str) {
+        let attempts = self.attempts;
+        let code = self.lost_with;
+        let waiting: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.link.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(call) = self.calls.remove(&id) {
+                call.sink.fail(CallError::ReconnectFailed {
+                    code,
+                    attempts,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        tracing::warn!(%code, attempts, reason, "toolwire client gave up reconnecting");
+        self.attempts = 0;
+        self.flaps = 0;
+        self.retry_at = None;
+        if self.active.is_none() && self.dialing.is_none() {
+            lock(&self.shared).closed = Some(code);
+        }
+    }
+
+    /// The session is over: every call fails and every link closes.
+    fn end(&mut self, code: CloseCode) {
+        self.ended = Some(code);
+        self.retry_at = None;
+        self.renew_at = None;
+        for (_, call) in std::mem::take(&mut self.calls) {
+            call.sink.fail(CallError::ConnectionClosed { code });
+        }
+        for link in self.links.keys() {
+            self.send_to(*link, LinkCommand::Close(CloseCode::NORMAL));
+        }
+    }
+
+    /// The application closes the session: calls waiting for a connection fail now,
+    /// calls in flight when their connection has closed.
+    fn close_session(&mut self, code: CloseCode) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.ended = Some(code);
+        self.retry_at = None;
+        self.renew_at = None;
+        let waiting: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.link.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(call) = self.calls.remove(&id) {
+                call.sink.fail(CallError::ConnectionClosed { code });
+            }
+        }
+        for link in self.links.keys() {
+            self.send_to(*link, LinkCommand::Close(code));
+        }
+    }
 }
