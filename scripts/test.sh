@@ -7,5 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+# Optional features, each with its own tests: Cedar policies as the authorizer.
+cargo test -p toolwire-server --features cedar --test cedar_policy --locked
 scripts/python-test.sh
 scripts/clause-trace.sh

@@ -29,6 +29,8 @@ mod amo;
 mod alerts;
 mod audit;
 mod builder;
+#[cfg(feature = "cedar")]
+pub mod cedar;
 mod connection;
 mod events;
 mod fault;
