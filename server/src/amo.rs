@@ -55,6 +55,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use toolwire_protocol::amo::{
     Admission, AmoChange, AmoConfig, AtMostOnceStore, AtMostOnceTable, CachedOutcome,
     CallFingerprint, LineageKey, LineageOrigin, RestoredLineage,
@@ -110,10 +111,18 @@ struct Waiter {
     answer: mpsc::UnboundedSender<Outcome>,
 }
 
+/// A call executing now: how to stop it, and the connection (or detached task,
+/// `connection.rs`) that runs it.
+struct RunningCall {
+    abort: AbortHandle,
+    runner: mpsc::UnboundedSender<Outcome>,
+}
+
 struct State {
     table: AtMostOnceTable,
     durable: Option<DurableStore>,
     waiters: HashMap<(LineageKey, u64), Vec<Waiter>>,
+    running: HashMap<(LineageKey, u64), RunningCall>,
 }
 
 /// The at-most-once table of a server, shared by its connections behind a lock taken
@@ -150,6 +159,7 @@ impl SharedAtMostOnce {
             table,
             durable,
             waiters: HashMap::new(),
+            running: HashMap::new(),
         }))
     }
 
@@ -195,6 +205,66 @@ impl SharedAtMostOnce {
     }
 }
 
+impl SharedAtMostOnce {
+    /// Registers the task executing `request_id` (admitted *execute*), run by the
+    /// connection whose outcomes arrive on `runner`, so that a CANCEL from another
+    /// connection of the lineage can stop it ([`cancel_elsewhere`](Self::cancel_elsewhere)).
+    pub(crate) fn started(
+        &self,
+        key: &LineageKey,
+        request_id: u64,
+        abort: AbortHandle,
+        runner: &mpsc::UnboundedSender<Outcome>,
+    ) {
+        let mut state = self.state();
+        if state.table.is_in_flight(key, request_id) {
+            state.running.insert(
+                (*key, request_id),
+                RunningCall {
+                    abort,
+                    runner: runner.clone(),
+                },
+            );
+        }
+    }
+
+    /// A CANCEL for `request_id`, received on a connection that does not run it
+    /// (AMO-023): when the id is in flight in the lineage, its handler is stopped, the
+    /// call completed with CANCELLED (cached, and handed to every request waiting for
+    /// it and to the connection running it), and true is returned: the cancelling
+    /// connection answers CANCELLED itself. False when nothing was in flight
+    /// (AMO-025: no answer).
+    pub(crate) fn cancel_elsewhere(
+        &self,
+        key: &LineageKey,
+        request_id: u64,
+        canceller: &mpsc::UnboundedSender<Outcome>,
+    ) -> bool {
+        let mut state = self.state();
+        if !state.table.is_in_flight(key, request_id) {
+            return false;
+        }
+        let Some(call) = state.running.remove(&(*key, request_id)) else {
+            return false;
+        };
+        call.abort.abort();
+        if let Some(waiters) = state.waiters.get_mut(&(*key, request_id)) {
+            waiters.retain(|waiter| !waiter.answer.same_channel(canceller));
+        }
+        let cancelled = CachedOutcome::cancelled();
+        if state.complete(key, request_id, cancelled.clone())
+            && !call.runner.same_channel(canceller)
+        {
+            let _ = call.runner.send(Outcome::Awaited {
+                id: request_id,
+                request_hash: [0; 32],
+                outcome: Some(cancelled),
+            });
+        }
+        true
+    }
+}
+
 impl State {
     /// Writes the table's pending changes to the durable store, if any. Returns false
     /// when the store could not write them.
@@ -228,6 +298,7 @@ impl State {
     }
 
     fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool {
+        self.running.remove(&(*key, request_id));
         let answer = self.table.complete(key, request_id, outcome.clone());
         // The outcome is stored (or the failure logged) before it is sent.
         self.persist();
@@ -238,6 +309,7 @@ impl State {
     }
 
     fn abandon(&mut self, key: &LineageKey, request_id: u64) {
+        self.running.remove(&(*key, request_id));
         self.table.abandon(key, request_id);
         self.persist();
         self.notify(key, request_id, None);

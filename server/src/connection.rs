@@ -346,31 +346,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// The connection is gone: results that already arrived are recorded in the
     /// at-most-once table (a retry on a resumed lineage gets them), and calls still
-    /// running are stopped and abandoned (their outcome is unknown, AMO-026), so a
-    /// retry is answered RESULT_UNAVAILABLE instead of waiting forever for a call no
-    /// connection will ever answer.
+    /// running go on without it ([`finish_detached`]): their outcome, when they
+    /// complete within [`DETACHED_CALL_LIMIT`], is cached for a retry on a new
+    /// connection and answers the copies already waiting there (AMO-011); past the
+    /// limit they are stopped and abandoned (outcome unknown, AMO-026), so a retry is
+    /// answered RESULT_UNAVAILABLE instead of waiting forever.
     fn end_running_calls(&mut self, outcomes: &mut mpsc::UnboundedReceiver<Outcome>) {
         let Some(session) = self.session.as_ref() else {
             return;
         };
         let lineage = session.lineage;
         while let Ok(outcome) = outcomes.try_recv() {
-            if let Outcome::Finished(id, result) = outcome {
-                if let Some(running) = self.running.remove(&id) {
-                    (&self.inner.at_most_once).complete(&lineage, id, cached_outcome(&result));
-                    self.audit_write(running.audit, |entry| {
-                        entry.ended("not sent (connection closed)")
-                    });
+            match outcome {
+                Outcome::Finished(id, result) => {
+                    if let Some(running) = self.running.remove(&id) {
+                        (&self.inner.at_most_once).complete(&lineage, id, cached_outcome(&result));
+                        self.audit_write(running.audit, |entry| {
+                            entry.ended("not sent (connection closed)")
+                        });
+                    }
                 }
+                Outcome::Crashed(id) => {
+                    if let Some(running) = self.running.remove(&id) {
+                        (&self.inner.at_most_once).abandon(&lineage, id);
+                        self.audit_write(running.audit, |entry| {
+                            entry.ended("INTERNAL (handler panicked)")
+                        });
+                    }
+                }
+                _ => {}
             }
         }
-        for (id, running) in std::mem::take(&mut self.running) {
-            running.abort.abort();
-            (&self.inner.at_most_once).abandon(&lineage, id);
-            self.audit_write(running.audit, |entry| {
-                entry.ended("unknown (connection closed while running)")
-            });
+        if self.running.is_empty() {
+            return;
         }
+        let running = std::mem::take(&mut self.running);
+        let (_, closed) = mpsc::unbounded_channel();
+        let outcomes = std::mem::replace(outcomes, closed);
+        let audit = self.inner.audit.as_ref().map(crate::audit::AuditLog::sink);
+        tokio::spawn(finish_detached(
+            self.inner.clone(),
+            lineage,
+            outcomes,
+            running,
+            audit,
+        ));
     }
 
     /// Adopts the server's current tools if they changed. A granted tool whose
@@ -815,6 +835,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Err(_) => Outcome::Crashed(id),
             });
         });
+        if let Some(session) = self.session.as_ref() {
+            self.inner.at_most_once.started(
+                &session.lineage,
+                id,
+                task.abort_handle(),
+                &self.outcomes,
+            );
+        }
         self.running.insert(
             id,
             Running {
@@ -886,7 +914,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 id,
                 request_hash,
                 outcome,
-            } => self.answer_awaited(id, request_hash, outcome, None),
+            } => {
+                // This connection runs the call that a CANCEL on another connection
+                // of the lineage stopped: it answers its own REQUEST.
+                let request_hash = match self.running.remove(&id) {
+                    Some(running) => {
+                        self.events.forget(id);
+                        self.audit_write(running.audit, |entry| {
+                            entry.ended("CANCELLED by the client (on another connection)")
+                        });
+                        running.request_hash
+                    }
+                    None => request_hash,
+                };
+                self.answer_awaited(id, request_hash, outcome, None);
+            }
             Outcome::Crashed(id) => {
                 let Some(running) = self.running.remove(&id) else {
                     return;
@@ -1001,6 +1043,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 };
                 let _ = self.connection.send(Instant::now(), Message::Error(error));
             }
+        } else if self
+            .inner
+            .at_most_once
+            .cancel_elsewhere(&lineage, id, &self.outcomes)
+        {
+            // The id runs on another connection of the lineage (or on after its
+            // connection died): stopped there, answered here (AMO-023).
+            let error = ErrorMessage {
+                id: Some(id),
+                code: ErrorCode::CANCELLED.0,
+                message: "cancelled".into(),
+                retry_after_ms: None,
+            };
+            let _ = self.connection.send(Instant::now(), Message::Error(error));
         }
     }
 
@@ -1099,6 +1155,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         }
         self.inner.shutdown.count_interrupted(interrupted);
         tracing::info!(peer = %self.peer, interrupted, event = "calls_interrupted", "toolwire shutdown deadline: running calls answered UNAVAILABLE");
+    }
+}
+
+/// How long a call whose connection died may go on running, so that its outcome
+/// reaches the at-most-once table and the retries of it on a new connection
+/// (AMO-011). Bounds how long a handler outlives its connection, and so how long it
+/// keeps its lineage from being dropped (AMO-033).
+const DETACHED_CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs the calls of a connection that is gone to their end (`end_running_calls`):
+/// each outcome is completed in the at-most-once table (cached, and handed to the
+/// requests waiting for it on other connections), a crashed call is abandoned, and
+/// calls still running after [`DETACHED_CALL_LIMIT`], or at the drain deadline of a
+/// server shutdown, are stopped and abandoned.
+async fn finish_detached(
+    inner: Arc<Inner>,
+    lineage: LineageKey,
+    mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+    mut running: HashMap<u64, Running>,
+    mut audit: Option<AuditSink>,
+) {
+    let mut write = |entry: Option<Box<CallEntry>>, ended: &str| {
+        if let (Some(audit), Some(entry)) = (audit.as_mut(), entry) {
+            audit.write(entry.ended(ended));
+        }
+    };
+    let mut shutdown = inner.shutdown.subscribe();
+    let limit = tokio::time::Instant::now() + DETACHED_CALL_LIMIT;
+    while !running.is_empty() {
+        let drain = *shutdown.borrow_and_update();
+        let deadline = drain.map_or(limit, |drain| drain.min(limit));
+        tokio::select! {
+            outcome = outcomes.recv() => match outcome {
+                Some(Outcome::Finished(id, result)) => {
+                    if let Some(call) = running.remove(&id) {
+                        (&inner.at_most_once).complete(&lineage, id, cached_outcome(&result));
+                        write(call.audit, "not sent (connection closed)");
+                    }
+                }
+                Some(Outcome::Crashed(id)) => {
+                    if let Some(call) = running.remove(&id) {
+                        (&inner.at_most_once).abandon(&lineage, id);
+                        write(call.audit, "INTERNAL (handler panicked)");
+                    }
+                }
+                // Cancelled from another connection of the lineage.
+                Some(Outcome::Awaited { id, .. }) => {
+                    if let Some(call) = running.remove(&id) {
+                        write(call.audit, "CANCELLED by the client (on another connection)");
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+            Ok(()) = shutdown.changed() => {}
+        }
+    }
+    for (id, call) in running {
+        call.abort.abort();
+        (&inner.at_most_once).abandon(&lineage, id);
+        write(call.audit, "unknown (connection closed while running)");
+    }
+    drop(write);
+    if let Some(audit) = audit.as_mut() {
+        audit.flush().await;
     }
 }
 

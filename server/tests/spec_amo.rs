@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{within, RawClient, TestServer};
+use common::{within, TestServer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,47 +177,37 @@ async fn a_crashed_handler_caches_nothing() {
     raw.expect_response(2).await;
 }
 
-/// Clauses: AMO-026, AMO-004 — a call still running when its connection dies is
-/// stopped and abandoned: resuming the lineage on a new connection, its retry is
-/// answered RESULT_UNAVAILABLE, never run a second time and never left waiting.
+/// Clauses: AMO-019, AMO-012 — a retry of an answered id that names another call
+/// (other arguments, another tool) is refused FAILED_PRECONDITION (9) instead of
+/// being answered with the first call's cached result; nothing runs, and the true
+/// retry still gets the cached result.
 #[tokio::test]
-async fn a_call_cut_off_by_a_lost_connection_is_unavailable_on_resume() {
+async fn a_reused_id_naming_another_call_is_refused_not_answered_from_the_cache() {
     let server = TestServer::start().await;
-    let (mut first, _) = server.raw_session(&server.agent, Vec::new()).await;
-    let session_id = first.session_id();
-    first
-        .send(Message::Request(first.request(
-            1,
-            "slow",
-            &serde_json::json!({}),
-        )))
-        .await;
-    server.probes.slow.wait_runs(1).await;
-    drop(first);
-    server.probes.slow.wait_cancelled(1).await;
+    let (mut raw, _) = server.raw_session(&server.agent, Vec::new()).await;
+    let call = raw.request(1, "echo", &serde_json::json!({"text": "pay alice"}));
+    raw.send(Message::Request(call.clone())).await;
+    let original = raw.expect_response(1).await;
 
-    let mut lineage = [0; 16];
-    lineage.copy_from_slice(&session_id[..16]);
-    let config = server
-        .client_config(&server.agent, Vec::new())
-        .with_lineage(lineage);
-    let mut second = RawClient::handshake(&server.url, config).await;
-    second.expect_cap_grant().await;
-    let mut retry = second.request(1, "slow", &serde_json::json!({}));
-    retry.retry = true;
-    second.send(Message::Request(retry)).await;
+    let mut other_args = raw.request(1, "echo", &serde_json::json!({"text": "pay mallory"}));
+    other_args.retry = true;
+    raw.send(Message::Request(other_args)).await;
+    let refused = raw.expect_error(1).await;
+    assert_eq!(refused.error_code(), ErrorCode::FAILED_PRECONDITION);
+
+    let mut other_tool = raw.request(1, "ticker", &serde_json::json!({"count": 1}));
+    other_tool.retry = true;
+    raw.send(Message::Request(other_tool)).await;
     assert_eq!(
-        second.expect_error(1).await.error_code(),
-        ErrorCode::RESULT_UNAVAILABLE
+        raw.expect_error(1).await.error_code(),
+        ErrorCode::FAILED_PRECONDITION
     );
-    assert_eq!(server.probes.slow.runs(), 1);
-    // A new id of the resumed lineage runs.
-    second
-        .send(Message::Request(second.request(
-            2,
-            "echo",
-            &serde_json::json!({"text": "c"}),
-        )))
-        .await;
-    second.expect_response(2).await;
+
+    let mut retry = call;
+    retry.retry = true;
+    raw.send(Message::Request(retry)).await;
+    assert_eq!(raw.expect_response(1).await.result, original.result);
+    raw.expect_silence(QUIET).await;
+    assert_eq!(server.probes.echo.runs(), 1);
+    assert_eq!(server.probes.ticker.runs(), 0);
 }
