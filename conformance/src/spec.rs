@@ -244,7 +244,7 @@ mod tests {
             Some("SHOULD NOT")
         );
         assert!(spec.clauses().filter(|c| c.is_must()).count() > 200);
-        assert!(spec.is_pending("AMO-035"));
+        assert!(spec.is_pending("CLS-008"));
         assert!(!spec.is_pending("REC-004"));
     }
 }

@@ -1,4 +1,4 @@
-//! The durable at-most-once store (spec section 14, AMO-035..AMO-038) over real
+//! The durable at-most-once store (spec section 14.5, AMO-035..AMO-039) over real
 //! sockets: a server is killed (its runtime dropped, so no cleanup runs: the crash
 //! case) and a new one started on the same store file; a client resuming the
 //! lineage retries its call and must get the original result, or RESULT_UNAVAILABLE,
@@ -194,7 +194,7 @@ impl Drop for TempDir {
     }
 }
 
-/// Clauses: AMO-035, AMO-037, AMO-004, AMO-012 — a call that completed (its RESPONSE
+/// Clauses: AMO-035, AMO-037, AMO-038, AMO-004, AMO-012 — a call that completed (its RESPONSE
 /// received) before the server was killed is answered after the restart with the
 /// same result bytes, from the store, without running again; a new id of the
 /// resumed lineage runs.
@@ -231,7 +231,7 @@ async fn a_completed_call_is_answered_with_its_original_result_after_a_restart()
     assert_eq!(fixture.counters.count.load(Ordering::SeqCst), 2);
 }
 
-/// Clauses: AMO-035, AMO-036, AMO-026 — a call whose handler was running when the
+/// Clauses: AMO-035, AMO-036, AMO-038, AMO-026 — a call whose handler was running when the
 /// server was killed was recorded before it ran: after the restart its retry is
 /// answered RESULT_UNAVAILABLE and the tool does not run a second time.
 #[tokio::test]
@@ -306,7 +306,7 @@ async fn without_a_store_a_restart_answers_result_unavailable() {
     assert_eq!(fixture.counters.count.load(Ordering::SeqCst), 1);
 }
 
-/// Clauses: AMO-035 — a store file that is not a database (corrupted, or something
+/// Clauses: AMO-035, AMO-039 — a store file that is not a database (corrupted, or something
 /// else at that path), or a path that cannot be created, makes the server refuse to
 /// start with a typed error; it never panics and never serves without its store.
 #[tokio::test]
@@ -356,7 +356,7 @@ async fn a_corrupted_or_unreadable_store_refuses_to_start() {
     assert!(matches!(error, BuildError::AtMostOnceStore(_)), "{error:?}");
 }
 
-/// Clauses: AMO-035, AMO-019 — the store keeps each outcome's call fingerprint: after
+/// Clauses: AMO-038, AMO-019 — the store keeps each outcome's call fingerprint: after
 /// a restart, a retry of a stored id with other arguments is refused
 /// FAILED_PRECONDITION, not answered with the other call's result.
 #[tokio::test]
