@@ -29,7 +29,6 @@
 //! record.log();
 //! ```
 
-use crate::authz::{Authority, DecisionKind, DecisionRecord};
 use crate::codes::CloseCode;
 use crate::error::{AuthFailure, Error, Limit, Malformed, Misbehavior, Side};
 use crate::identity::IdentityKey;
@@ -115,7 +114,8 @@ event_names! {
     ManifestChanged = "manifest_changed", true;
     /// One identity made an unusually high number of calls in a window.
     CallRateHigh = "call_rate_high", true;
-    /// The decision record of one authorization (AUTHZ-024).
+    /// The decision record of one authorization (AUTHZ-024). Logged by the server
+    /// with the record's own fields; no [`SecurityEvent`] variant carries it.
     AuthzDecision = "authz_decision", false;
 }
 
@@ -262,56 +262,6 @@ impl ConnectionCounters {
     }
 }
 
-/// The fields of an `authz_decision` event: the decision record of AUTHZ-024 without
-/// its operator detail (which may quote argument values, EVT-004).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthzDecisionFields {
-    /// The call's lineage id, lowercase hex.
-    pub lineage: String,
-    /// The request id.
-    pub request_id: u64,
-    /// The `retry` flag.
-    pub retry: bool,
-    /// The tool named in the request.
-    pub tool: PeerText,
-    /// `execute`, `answered_from_cache`, `already_in_flight` or `refused:<CODE>`.
-    pub decision: String,
-    /// The refusing step's name, if any.
-    pub refused_at: Option<&'static str>,
-    /// The policy version.
-    pub policy_version: u64,
-    /// `key`, `grant:<grant id>`, or none.
-    pub authority: Option<PeerText>,
-}
-
-impl AuthzDecisionFields {
-    /// The event fields of a decision record.
-    pub fn from_record(record: &DecisionRecord) -> Self {
-        let decision = match record.decision {
-            DecisionKind::Execute => "execute".to_owned(),
-            DecisionKind::AnsweredFromCache => "answered_from_cache".to_owned(),
-            DecisionKind::AlreadyInFlight => "already_in_flight".to_owned(),
-            DecisionKind::Refused(code) => match code.name() {
-                Some(name) => format!("refused:{name}"),
-                None => format!("refused:{}", code.0),
-            },
-        };
-        Self {
-            lineage: hex::encode(record.lineage),
-            request_id: record.request_id,
-            retry: record.retry,
-            tool: PeerText::new(&record.tool),
-            decision,
-            refused_at: record.refused_at.map(|step| step.name()),
-            policy_version: record.policy_version,
-            authority: record.authority.as_ref().map(|authority| match authority {
-                Authority::KeyAllowlist => PeerText::new("key"),
-                Authority::Grant(id) => PeerText::new(&format!("grant:{id}")),
-            }),
-        }
-    }
-}
-
 /// One event of the vocabulary with its own fields (the common ones are in
 /// [`EventContext`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -438,8 +388,6 @@ pub enum SecurityEvent {
         /// The window's length in milliseconds.
         window_ms: u64,
     },
-    /// `authz_decision`.
-    AuthzDecision(Box<AuthzDecisionFields>),
 }
 
 /// An event's own fields under the spec's names, flattened for logging; `None` for
@@ -508,7 +456,6 @@ impl SecurityEvent {
             SecurityEvent::UnauthenticatedRequest { .. } => EventName::UnauthenticatedRequest,
             SecurityEvent::ManifestChanged { .. } => EventName::ManifestChanged,
             SecurityEvent::CallRateHigh { .. } => EventName::CallRateHigh,
-            SecurityEvent::AuthzDecision(_) => EventName::AuthzDecision,
         }
     }
 
@@ -562,9 +509,7 @@ impl SecurityEvent {
         let mut fields = EventFields::default();
         match self {
             SecurityEvent::ConnectionOpened { peer_addr } => fields.peer_addr = Some(*peer_addr),
-            SecurityEvent::HandshakeOk
-            | SecurityEvent::SessionExpired
-            | SecurityEvent::AuthzDecision(_) => {}
+            SecurityEvent::HandshakeOk | SecurityEvent::SessionExpired => {}
             SecurityEvent::ConnectionClosed {
                 close_code, side, ..
             } => {
@@ -764,18 +709,6 @@ impl EventRecord {
                 bytes_out = counters.bytes_out,
                 calls = counters.calls,
                 denials = counters.denials,
-                "toolwire {name}"
-            ),
-            (SecurityEvent::AuthzDecision(decision), _) => emit!(
-                tracing::Level::INFO,
-                lineage = decision.lineage.as_str(),
-                request_id = decision.request_id,
-                retry = decision.retry,
-                tool = decision.tool.as_str(),
-                decision = decision.decision.as_str(),
-                refused_at = decision.refused_at,
-                policy_version = decision.policy_version,
-                authority = decision.authority.as_ref().map(PeerText::as_str),
                 "toolwire {name}"
             ),
             (_, alert) => {

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 use toolwire_protocol::authz::{DecisionKind, DecisionRecord};
 use toolwire_protocol::events::{
-    AuthzDecisionFields, ConnectionCounters, EventContext, EventRecord, PeerText, RecordPosition,
-    SecurityEvent,
+    rfc3339_utc, ConnectionCounters, EventContext, EventName, EventRecord, PeerText,
+    RecordPosition, SecurityEvent,
 };
 use toolwire_protocol::message::Request;
 use toolwire_protocol::{CloseCode, Error, ErrorCode, Role, SessionInfo, Side};
@@ -122,7 +122,7 @@ impl ConnectionEvents {
         );
     }
 
-    /// One authorization decision: reports `authz_decision` and the refusal's own
+    /// One authorization decision: logs `authz_decision` and reports the refusal's own
     /// event (`rate_limited`, `permission_denied`, `grant_expired`,
     /// `capability_revoked`, `unauthenticated_request`), counts the call, and checks
     /// the identity's call rate.
@@ -140,10 +140,27 @@ impl ConnectionEvents {
         } else {
             "unknown"
         };
-        self.report(
-            inner,
-            SecurityEvent::AuthzDecision(Box::new(AuthzDecisionFields::from_record(record))),
+        // The decision record of AUTHZ-024 on its own target, with the common fields.
+        tracing::info!(
+            target: "toolwire::decision",
+            event = EventName::AuthzDecision.as_str(),
+            time = %rfc3339_utc(SystemTime::now()),
+            role = "server",
+            session_id = %to_hex(&record.session_id),
+            peer_key = %record.client,
+            session = %to_hex(&record.session_id[..8]),
+            client = %record.client,
+            lineage = %to_hex(&record.lineage),
+            request_id = record.request_id,
+            retry = record.retry,
+            tool = %PeerText::new(&record.tool),
+            decision = ?record.decision,
+            refused_at = record.refused_at.map(|step| step.name()),
+            policy_version = record.policy_version,
+            authority = ?record.authority,
+            "toolwire authorization decision"
         );
+        metrics::security_event(EventName::AuthzDecision);
         match record.decision {
             DecisionKind::Execute => {
                 // Bounded by the in-flight cap while every end is reported; this
@@ -256,4 +273,9 @@ impl ConnectionEvents {
             },
         );
     }
+}
+
+/// Lowercase hex.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

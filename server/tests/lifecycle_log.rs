@@ -79,10 +79,10 @@ async fn a_session_logs_open_handshake_decisions_and_close_with_counts() {
     let decisions = capture.events_of("server", "authz_decision");
     assert_eq!(decisions.len(), 2);
     for (index, decision) in decisions.iter().enumerate() {
-        assert_eq!(decision.field("decision"), "execute");
+        assert_eq!(decision.field("decision"), "Execute");
         assert_eq!(decision.field("tool"), "echo");
         assert_eq!(decision.field("request_id"), (index + 1).to_string());
-        assert_eq!(decision.field("authority"), "key");
+        assert_eq!(decision.field("authority"), "Some(KeyAllowlist)");
         assert_eq!(decision.field("peer_key"), agent_key);
         assert!(!decision.fields.contains_key("refused_at"));
     }
@@ -162,7 +162,7 @@ async fn denials_are_logged_with_their_event_and_counted_at_close() {
     assert_eq!(denial[0].field("tool"), "ticker");
     assert_eq!(denial[0].field("request_id"), "2");
     let decisions = capture.events_of("server", "authz_decision");
-    assert_eq!(decisions[1].field("decision"), "refused:PERMISSION_DENIED");
+    assert_eq!(decisions[1].field("decision"), "Refused(PERMISSION_DENIED(7))");
     assert_eq!(decisions[1].field("refused_at"), "granted");
     assert_eq!(number(&closed[0], "calls"), 2);
     assert_eq!(number(&closed[0], "denials"), 1);

@@ -2,10 +2,13 @@
 //! log about a session, at every level, holds no secret material.
 
 mod common;
+mod event_capture;
 
 use common::{within, TestServer};
+use event_capture::Capture;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use toolwire_server::protocol::events::{EventName, PEER_TEXT_LIMIT};
 use toolwire_server::protocol::grant::GrantBuilder;
 use toolwire_server::protocol::message::{Cancel, Request};
 use toolwire_server::protocol::{ErrorCode, Identity, Message};
@@ -158,7 +161,7 @@ async fn nothing_secret_is_ever_logged() {
     let log = captured.text();
     // Controls: the log is there, and public keys (which may be logged) are found
     // in it by the same spellings.
-    assert!(log.contains("toolwire authorization decision"), "{log}");
+    assert!(log.contains("toolwire authz_decision"), "{log}");
     let holder_key = holder.public_key().to_bytes();
     assert_eq!(
         base64(&holder_key, *b"-_"),
@@ -190,5 +193,94 @@ async fn nothing_secret_is_ever_logged() {
     }
     for (what, needle) in forbidden {
         assert!(!log.contains(&needle), "{what} logged ({needle}):\n{log}");
+    }
+}
+
+/// Clauses: EVT-005 — peer-controlled text (a tool name in a REQUEST, an `Origin`
+/// value) reaches the event log escaped and cut to a bounded length: an attacker
+/// cannot forge log lines, inject terminal escapes or flood the log through it.
+#[tokio::test]
+async fn peer_controlled_text_is_escaped_and_truncated_in_events() {
+    let (capture, _guard) = Capture::start();
+    let server =
+        TestServer::start_with(|builder| builder.allow_origin("https://app.example")).await;
+    let forged = format!(
+        "\u{1b}[2J\nINFO toolwire::event: event=\"handshake_ok\" {}",
+        "A".repeat(5000)
+    );
+    let (mut raw, _) = server.raw_session(&server.agent, Vec::new()).await;
+    let call = raw.request(1, &forged, &serde_json::json!({}));
+    raw.send(Message::Request(call)).await;
+    assert_eq!(
+        raw.expect_error(1).await.error_code(),
+        ErrorCode::PERMISSION_DENIED
+    );
+    let long_origin = format!("https://{}.example", "o".repeat(3000));
+    let status = common::refused_status(common::upgrade_request(
+        &server.url,
+        Some(&long_origin),
+        Some(toolwire_server::protocol::SUBPROTOCOL),
+    ))
+    .await;
+    assert_eq!(status, 403);
+
+    let denied = capture.wait_events("server", "permission_denied", 1).await;
+    let tool = denied[0].field("tool");
+    assert!(tool.len() <= PEER_TEXT_LIMIT, "{} bytes", tool.len());
+    assert!(tool.starts_with("\\u{1b}[2J\\nINFO toolwire::event: event=\\\"handshake_ok\\\" AAA"));
+    assert!(tool.ends_with("..."));
+    let decision = capture.events_of("server", "authz_decision");
+    assert_eq!(decision[0].field("tool"), tool);
+    let origin = capture.wait_events("server", "origin_rejected", 1).await;
+    let origin = origin[0].field("origin");
+    assert!(origin.len() <= PEER_TEXT_LIMIT);
+    assert!(origin.starts_with("https://ooo"));
+    // Nowhere in toolwire's logs, at any level, does the raw text appear (the
+    // WebSocket library's own TRACE lines echo the attacker's HTTP request).
+    for line in capture.lines() {
+        if !line.target.starts_with("toolwire") {
+            continue;
+        }
+        for value in line.fields.values() {
+            assert!(!value.contains('\u{1b}'), "raw escape logged: {line:?}");
+            assert!(!value.contains('\n'), "raw newline logged: {line:?}");
+            assert!(!value.contains(&"A".repeat(200)), "{line:?}");
+            assert!(!value.contains(&"o".repeat(200)), "{line:?}");
+        }
+    }
+}
+
+/// Clauses: EVT-001, EVT-002 — every security event line, on both sides, is named
+/// from the vocabulary and carries the common fields: `event`, `time`, `role`, and
+/// after the handshake `session_id` and `peer_key`.
+#[tokio::test]
+async fn every_event_carries_the_common_fields() {
+    let (capture, _guard) = Capture::start();
+    let server = TestServer::start().await;
+    let session = server.agent_session().await;
+    within(
+        "call",
+        session.call("echo", &serde_json::json!({"text": "x"})),
+    )
+    .await
+    .expect("call");
+    let session_id = session.session_id();
+    session.close();
+    capture.wait_events("server", "connection_closed", 1).await;
+    let names: Vec<&str> = EventName::ALL.iter().map(|name| name.as_str()).collect();
+    let lines: Vec<_> = capture
+        .lines()
+        .into_iter()
+        .filter(|line| line.target == "toolwire::event" || line.target == "toolwire::decision")
+        .collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    for line in &lines {
+        assert!(names.contains(&line.field("event")), "{line:?}");
+        assert!(line.field("time").ends_with('Z'));
+        assert!(["server", "client"].contains(&line.field("role")));
+        if line.field("event") != "connection_opened" {
+            assert_eq!(line.field("session_id"), event_capture::hex(&session_id));
+            assert!(line.fields.contains_key("peer_key"), "{line:?}");
+        }
     }
 }

@@ -105,12 +105,13 @@ impl Capture {
         self.lines.lock().expect("lock").clone()
     }
 
-    /// The security events (target `toolwire::event`) named `name` so far.
+    /// The security events named `name` so far (target `toolwire::event`, and
+    /// `toolwire::decision` for `authz_decision`).
     pub(crate) fn events(&self, name: &str) -> Vec<Line> {
         self.lines()
             .into_iter()
             .filter(|line| {
-                line.target == "toolwire::event"
+                (line.target == "toolwire::event" || line.target == "toolwire::decision")
                     && line.fields.get("event").map(String::as_str) == Some(name)
             })
             .collect()
