@@ -48,6 +48,12 @@ pub(crate) struct ServeArgs {
     /// issue`), so agents trusting the operator need not pin the server key.
     #[arg(long, value_name = "FILE")]
     certificate: Option<PathBuf>,
+    /// Keep the at-most-once table (request ids and cached results of every client's
+    /// call lineage) in this database file, so that after a restart a retried call is
+    /// answered with its original result, or RESULT_UNAVAILABLE if it was running,
+    /// and never runs twice. Created when missing.
+    #[arg(long = "amo-store", value_name = "PATH")]
+    amo_store: Option<PathBuf>,
 }
 
 /// On Ctrl-C, how long calls in flight may still run before they are answered
@@ -111,6 +117,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if let Some(path) = &args.certificate {
         builder = builder.certificate(crate::cert::read_token(path)?);
     }
+    if let Some(path) = &args.amo_store {
+        builder = builder.at_most_once_store(path);
+    }
     let server = builder
         .build()
         .map_err(|error| CliError::new(format!("invalid server configuration: {error}")))?;
@@ -137,6 +146,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     }
     if let Some(path) = &args.audit_log {
         outln!("  audit log    {}", path.display());
+    }
+    if let Some(path) = &args.amo_store {
+        outln!("  amo store    {}", path.display());
     }
     outln!("An agent calls it with:");
     outln!(
