@@ -799,7 +799,7 @@ fn replay_journal(
     use toolwire_protocol::amo::{AmoChange, RestoredLineage};
     let mut lineages: BTreeMap<LineageKey, RestoredLineage> = BTreeMap::new();
     let mut order: Vec<LineageKey> = Vec::new();
-    let mut touch = |order: &mut Vec<LineageKey>, key: LineageKey| {
+    let touch = |order: &mut Vec<LineageKey>, key: LineageKey| {
         order.retain(|held| *held != key);
         order.push(key);
     };

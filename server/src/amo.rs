@@ -383,6 +383,7 @@ struct DurableStore {
 /// Marks lineage `key` as written at `stamp` (and advances it), creating its record
 /// with `recovered` when given; a lineage without record (dropped in the same batch)
 /// is left alone.
+#[allow(clippy::result_large_err)] // a cold path; redb's own error type
 fn touch(
     lineages: &mut redb::Table<&[u8], &[u8]>,
     key: &[u8; LINEAGE_KEY_LEN],
@@ -651,6 +652,7 @@ impl DurableStore {
     }
 
     /// Writes the pending changes in one transaction, durable when `commit` returns.
+    #[allow(clippy::result_large_err)] // a cold path; redb's own error type
     fn flush(&mut self) -> Result<(), redb::Error> {
         if self.pending.is_empty() {
             return Ok(());

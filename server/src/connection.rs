@@ -1218,7 +1218,6 @@ async fn finish_detached(
         (&inner.at_most_once).abandon(&lineage, id);
         write(call.audit, "unknown (connection closed while running)");
     }
-    drop(write);
     if let Some(audit) = audit.as_mut() {
         audit.flush().await;
     }
