@@ -161,7 +161,7 @@ async fn nothing_secret_is_ever_logged() {
     let log = captured.text();
     // Controls: the log is there, and public keys (which may be logged) are found
     // in it by the same spellings.
-    assert!(log.contains("toolwire authz_decision"), "{log}");
+    assert!(log.contains("toolwire authorization decision"), "{log}");
     let holder_key = holder.public_key().to_bytes();
     assert_eq!(
         base64(&holder_key, *b"-_"),
