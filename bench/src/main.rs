@@ -134,6 +134,24 @@ async fn run(command: &str, quick: bool, with_python: bool) -> Result<()> {
     Ok(())
 }
 
+async fn profile_calls(count: usize, size: usize, connections: usize) -> Result<()> {
+    let running = std::sync::Arc::new(calls::Running::start(calls::System::ToolwireUnsigned).await?);
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let mut conn = running.connect(size).await?;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..count / connections.max(1) {
+                conn.call().await?;
+            }
+            Ok::<_, toolwire_bench::util::BoxError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -149,6 +167,14 @@ async fn main() -> std::process::ExitCode {
                 Some(kind) => memory::idle_server(kind, client).await,
                 None => Err(fail(USAGE)),
             }
+        }
+        // Hidden: N sequential 64 B calls, signatures off, for a profiler
+        // (`valgrind --tool=callgrind toolwire-bench profile-calls 2000 [SIZE [CONNECTIONS]]`).
+        "profile-calls" => {
+            let count = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000usize);
+            let size = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64usize);
+            let connections = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1usize);
+            profile_calls(count, size, connections).await
         }
         "all" | "calls" | "handshakes" | "memory" | "flood" | "python" => {
             let quick = args.iter().any(|arg| arg == "--quick");
