@@ -117,7 +117,9 @@ fn describe_call(error: CallError) -> Description {
             ErrorCode::DEADLINE_EXCEEDED.0,
             ErrorCode::DEADLINE_EXCEEDED.is_retryable(),
         ),
-        CallError::ConnectionClosed { code } => Description::new("ConnectionClosed", message)
+        CallError::ConnectionClosed { code }
+        | CallError::ReconnectFailed { code, .. }
+        | CallError::StreamInterrupted { code } => Description::new("ConnectionClosed", message)
             .code(u32::from(code.0), close_is_retryable(code)),
         CallError::ManifestChanged { tool } => {
             let mut description = Description::new("ManifestChanged", message);

@@ -5,6 +5,11 @@
 //! connection alive and multiplexes many calls over it; every protocol decision is the
 //! protocol crate's.
 //!
+//! A [`Session`] outlives its connections: when one is lost it reconnects, resumes
+//! its at-most-once lineage and re-sends the calls in flight as retries, so that no
+//! call runs twice and none is silently lost; it also renews a connection before its
+//! lifetime ends. See [`ReconnectPolicy`].
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use toolwire_client::{Client, protocol::{Identity, IdentityKey}};
