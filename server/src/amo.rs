@@ -138,7 +138,18 @@ impl SharedAtMostOnce {
     /// The table kept in the durable store at `path` (created when missing), restored
     /// from it within `config`'s bounds.
     pub(crate) fn durable(path: &Path, config: AmoConfig) -> Result<Self, AmoStoreError> {
-        let (store, lineages) = DurableStore::open(path)?;
+        let database = |source: redb::Error| AmoStoreError::Database {
+            path: path.to_owned(),
+            reason: source.to_string(),
+        };
+        create_private(path).map_err(|error| database(error.into()))?;
+        let db = Database::create(path).map_err(|error| database(error.into()))?;
+        Self::on_database(path, db, config)
+    }
+
+    /// The table kept in `db` (whose file is `path`), restored from it.
+    fn on_database(path: &Path, db: Database, config: AmoConfig) -> Result<Self, AmoStoreError> {
+        let (store, lineages) = DurableStore::open(path, db)?;
         let mut table = AtMostOnceTable::restore(config, lineages);
         let mut store = store;
         let drops = table.take_changes();
@@ -183,7 +194,7 @@ impl SharedAtMostOnce {
     ) -> Option<Admission> {
         let mut state = self.state();
         if !state.table.is_in_flight(key, request_id) {
-            let admission = state.admit_call(key, request_id, retry, fingerprint);
+            let admission = state.admit_call(key, request_id, retry, Some(fingerprint));
             if admission == Admission::Execute {
                 // Cannot happen (an id that was in flight is recorded); never run it.
                 state.abandon(key, request_id);
@@ -281,12 +292,17 @@ impl State {
         key: &LineageKey,
         request_id: u64,
         retry: bool,
-        fingerprint: &CallFingerprint,
+        fingerprint: Option<&CallFingerprint>,
     ) -> Admission {
-        if self.durable.as_ref().is_some_and(DurableStore::failed) {
+        // A store with changes it could not write tries them again first; while it
+        // cannot, nothing can be recorded, so nothing is admitted (AMO-035, AMO-036).
+        if !self.durable.as_mut().is_none_or(DurableStore::ready) {
             return Admission::Overloaded;
         }
-        let admission = self.table.admit_call(key, request_id, retry, fingerprint);
+        let admission = match fingerprint {
+            Some(fingerprint) => self.table.admit_call(key, request_id, retry, fingerprint),
+            None => self.table.admit(key, request_id, retry),
+        };
         if self.persist() {
             return admission;
         }
@@ -335,18 +351,7 @@ impl AtMostOnceStore for &SharedAtMostOnce {
     }
 
     fn admit(&mut self, key: &LineageKey, request_id: u64, retry: bool) -> Admission {
-        let mut state = self.state();
-        if state.durable.as_ref().is_some_and(DurableStore::failed) {
-            return Admission::Overloaded;
-        }
-        let admission = state.table.admit(key, request_id, retry);
-        if state.persist() {
-            return admission;
-        }
-        if admission == Admission::Execute {
-            state.table.abandon(key, request_id);
-        }
-        Admission::Overloaded
+        self.state().admit_call(key, request_id, retry, None)
     }
 
     fn admit_call(
@@ -356,7 +361,8 @@ impl AtMostOnceStore for &SharedAtMostOnce {
         retry: bool,
         fingerprint: &CallFingerprint,
     ) -> Admission {
-        self.state().admit_call(key, request_id, retry, fingerprint)
+        self.state()
+            .admit_call(key, request_id, retry, Some(fingerprint))
     }
 
     fn complete(&mut self, key: &LineageKey, request_id: u64, outcome: CachedOutcome) -> bool {
@@ -487,10 +493,20 @@ fn decode_lineage_key(bytes: &[u8]) -> Option<LineageKey> {
     Some(LineageKey::new(client, lineage))
 }
 
+/// Creates the store file, readable and writable by its owner only (it holds call
+/// results), when missing; an existing file is left as it is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop)
+}
+
 impl DurableStore {
     /// Opens (or creates) the database at `path` and reads every lineage, least
     /// recently written first.
-    fn open(path: &Path) -> Result<(Self, Vec<RestoredLineage>), AmoStoreError> {
+    fn open(path: &Path, db: Database) -> Result<(Self, Vec<RestoredLineage>), AmoStoreError> {
         let database = |source: redb::Error| AmoStoreError::Database {
             path: path.to_owned(),
             reason: source.to_string(),
@@ -499,7 +515,6 @@ impl DurableStore {
             path: path.to_owned(),
             reason: reason.to_owned(),
         };
-        let db = Database::create(path).map_err(|error| database(error.into()))?;
         let write = db.begin_write().map_err(|error| database(error.into()))?;
         let (next_stamp, lineages) = {
             let mut meta = write
@@ -617,9 +632,10 @@ impl DurableStore {
         }
     }
 
-    /// Whether new ids cannot be recorded now (writes pending or given up).
-    fn failed(&self) -> bool {
-        self.gave_up || !self.pending.is_empty()
+    /// Whether new ids can be recorded: nothing is pending, or the pending changes
+    /// could be written now.
+    fn ready(&mut self) -> bool {
+        !self.gave_up && (self.pending.is_empty() || self.record(Vec::new()))
     }
 
     /// Queues `changes` and writes everything pending. Returns false when the write
@@ -717,5 +733,103 @@ impl DurableStore {
         self.next_stamp = stamp;
         self.pending.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use toolwire_protocol::Identity;
+
+    /// An in-memory redb backend whose writes fail while `failing` is set: a disk
+    /// that fills up or goes away under a running server.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: redb::backends::InMemoryBackend,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Flaky {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    /// AMO-035, AMO-036, AMO-037: when the store cannot write, no new id is admitted
+    /// for execution (UNAVAILABLE, nothing runs), and an outcome is still answered.
+    #[test]
+    fn a_store_that_cannot_write_admits_nothing_but_still_answers() {
+        let failing = Arc::new(AtomicBool::new(false));
+        let backend = Flaky {
+            inner: redb::backends::InMemoryBackend::new(),
+            failing: failing.clone(),
+        };
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .expect("in-memory database");
+        let shared = SharedAtMostOnce::on_database(Path::new("memory"), db, AmoConfig::default())
+            .expect("store opens");
+        let key = LineageKey::new(Identity::from_seed(&[3; 32]).public_key(), [1; 16]);
+        let mut store = &shared;
+        store.attach(&key, LineageOrigin::Fresh);
+        assert_eq!(store.admit(&key, 1, false), Admission::Execute);
+
+        failing.store(true, Ordering::SeqCst);
+        assert_eq!(store.admit(&key, 2, false), Admission::Overloaded);
+        assert!(!shared.state().table.is_in_flight(&key, 2));
+        assert_eq!(store.admit(&key, 3, false), Admission::Overloaded);
+        // The running call's outcome is still the answer to send.
+        assert!(store.complete(&key, 1, CachedOutcome::Response(vec![1])));
+        assert_eq!(store.admit(&key, 4, false), Admission::Overloaded);
+    }
+
+    #[test]
+    fn outcomes_round_trip_through_their_encoding() {
+        let fingerprint = CallFingerprint::of("echo", b"args", "grant");
+        for (fingerprint, outcome) in [
+            (None, CachedOutcome::Response(vec![0x91, 0x01])),
+            (Some(fingerprint), CachedOutcome::Response(Vec::new())),
+            (
+                Some(fingerprint),
+                CachedOutcome::Error {
+                    code: ErrorCode::CANCELLED,
+                    message: "cancelled".into(),
+                },
+            ),
+        ] {
+            let bytes = encode_outcome(7, fingerprint.as_ref(), &outcome);
+            assert_eq!(
+                decode_outcome(&bytes),
+                Some((7, fingerprint, Some(outcome)))
+            );
+        }
+        assert_eq!(decode_outcome(&[0; 3]), None);
+        assert_eq!(decode_outcome(&[0, 0, 0, 0, 0, 0, 0, 1, 9]), None);
     }
 }

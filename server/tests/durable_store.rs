@@ -348,6 +348,16 @@ async fn a_corrupted_or_unreadable_store_refuses_to_start() {
         .at_most_once_store(&held)
         .build()
         .expect("a new store is created");
+    // It holds call results: readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&held)
+            .expect("store file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let error = fixture
         .builder(url)
         .at_most_once_store(&held)
