@@ -54,7 +54,23 @@ impl Message {
     pub fn encode(&self) -> Vec<u8> {
         // Serializing these plain data types into a Vec cannot fail: every map key is
         // a string and no Serialize impl here returns an error.
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+        // Sized for the byte fields up front, so that large arguments or results are
+        // not copied again as the buffer grows.
+        let mut out = Vec::with_capacity(128 + self.payload_len());
+        match rmp_serde::encode::write_named(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Length of the message's largest byte field (arguments, result, item data).
+    fn payload_len(&self) -> usize {
+        match self {
+            Message::Request(request) => request.args.len(),
+            Message::Response(response) => response.result.len(),
+            Message::StreamItem(item) => item.data.len(),
+            _ => 0,
+        }
     }
 
     /// Decodes one message; the whole input must be consumed.

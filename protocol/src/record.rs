@@ -196,11 +196,10 @@ impl Sender {
             seq: self.next_seq,
         }
         .encode();
+        // One allocation: the ciphertext and tag are appended after the header.
         let mut record = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
         record.extend_from_slice(&header);
-        let mut body = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        noise::seal(&self.key, self.next_seq, &header, plaintext, &mut body);
-        record.extend_from_slice(&body);
+        noise::seal(&self.key, self.next_seq, &header, plaintext, &mut record);
         self.next_seq += 1;
         self.records_in_epoch += 1;
         Ok(record)
