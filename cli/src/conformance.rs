@@ -2,15 +2,19 @@
 //! command line.
 //!
 //! `server` plays an adversarial client against a live server and writes
-//! `report.json`, `junit.xml` and `report.md`; `trace` lists the cases with the
-//! clauses each checks, and the coverage of the MUST clauses of the specification.
+//! `report.json`, `junit.xml` and `report.md`; `client` plays an adversarial server
+//! against a client under test run through a shim command (`shim` is the shim of our
+//! own client); `trace` lists the cases with the clauses each checks and fails when a
+//! MUST clause of the specification has no case.
 
 use crate::error::{CliError, CliResult};
 use crate::identity_file;
 use std::path::PathBuf;
 use std::time::Duration;
+use toolwire_conformance::client::{ClientOptions, ClientUnderTest};
 use toolwire_conformance::server::{ServerOptions, ToolCall};
-use toolwire_conformance::{spec, ExpectedFailures, Verdict};
+use toolwire_conformance::shim::ShimInvocation;
+use toolwire_conformance::{spec, ExpectedFailures, Report, Verdict};
 use toolwire_protocol::IdentityKey;
 
 /// Subcommands of `toolwire conformance`.
@@ -21,9 +25,80 @@ pub(crate) enum ConformanceCommand {
     /// frames, stalls. Exit status 1 if any case FAILs (outside the expected-failures
     /// file), the harness failed, or an expected-failures entry is stale.
     Server(Box<ServerArgs>),
+    /// Plays an adversarial server on loopback and runs the client under test once
+    /// per case through a shim command (BoGo style; see `toolwire conformance shim`
+    /// for the contract). Exit status 1 if any case FAILs (outside the
+    /// expected-failures file), the harness failed, or an entry is stale.
+    Client(ClientArgs),
+    /// The shim of our own client for `client --shim`: connects as told, makes the
+    /// calls, prints one JSON line (outcome, typed error, close code, RPC code,
+    /// result bytes) and exits 0 after a result, 1 after a failure.
+    Shim(ShimArgs),
     /// Prints every case with the clause ids it checks, then how many MUST clauses
-    /// of the specification the cases cover.
-    Trace,
+    /// of the specification the cases cover. Exit status 1 when a MUST clause
+    /// (outside Appendix C) has no case and is not in the --allow-uncovered file, or
+    /// when that file lists a clause that is now covered (stale).
+    Trace(TraceArgs),
+}
+
+/// Arguments of `toolwire conformance client`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  toolwire conformance client --shim 'toolwire conformance shim' --out conformance-client"
+)]
+pub(crate) struct ClientArgs {
+    /// The shim command, split at whitespace; the case's flags are appended
+    /// (--url, --server-key, --identity-file, --case, --tool, --args-hex, --calls).
+    #[arg(long, value_name = "CMD")]
+    shim: String,
+    /// Write report.json, junit.xml and report.md into this directory.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Cases known to fail, one id a line (optionally followed by a reason).
+    #[arg(long, value_name = "FILE")]
+    expected_failures: Option<PathBuf>,
+    /// Skip the slow cases (the handshake stall waits up to 7 s).
+    #[arg(long)]
+    no_slow: bool,
+    /// Run only the cases whose id starts with this prefix (repeatable).
+    #[arg(long = "case", value_name = "PREFIX")]
+    only: Vec<String>,
+}
+
+/// Arguments of `toolwire conformance shim` (the shim contract of client mode).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShimArgs {
+    /// The URL to dial.
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// The server identity key to pin.
+    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    server_key: IdentityKey,
+    /// The client's identity file.
+    #[arg(long, value_name = "FILE")]
+    identity_file: PathBuf,
+    /// The case id (informational).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    case: String,
+    /// The tool to call.
+    #[arg(long, value_name = "NAME", default_value = "echo")]
+    tool: String,
+    /// The msgpack argument bytes, hex.
+    #[arg(long, value_name = "HEX", default_value = "80")]
+    args_hex: String,
+    /// How many calls to make in a row.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    calls: u32,
+}
+
+/// Arguments of `toolwire conformance trace`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TraceArgs {
+    /// MUST clauses known to have no case yet, one id a line (optionally followed by
+    /// a reason): they do not fail the trace, but an entry whose clause is covered
+    /// does (remove it: the list only shrinks).
+    #[arg(long, value_name = "FILE")]
+    allow_uncovered: Option<PathBuf>,
 }
 
 /// Arguments of `toolwire conformance server`.
@@ -76,10 +151,68 @@ pub(crate) struct ServerArgs {
 pub(crate) async fn run(command: ConformanceCommand) -> CliResult<bool> {
     match command {
         ConformanceCommand::Server(args) => run_server(*args).await,
-        ConformanceCommand::Trace => {
-            outln!("{}", spec::trace_text().trim_end());
-            Ok(true)
-        }
+        ConformanceCommand::Client(args) => run_client(args).await,
+        ConformanceCommand::Shim(args) => run_shim(args).await,
+        ConformanceCommand::Trace(args) => run_trace(&args),
+    }
+}
+
+fn run_trace(args: &TraceArgs) -> CliResult<bool> {
+    outln!("{}", spec::trace_text().trim_end());
+    let allowed = match &args.allow_uncovered {
+        Some(path) => spec::Allowlist::read(path)
+            .map_err(|error| CliError::new(format!("{}: {error}", path.display())))?,
+        None => spec::Allowlist::default(),
+    };
+    let gate = spec::gate(&spec::suite_coverage(), &allowed);
+    outln!("{}", gate.summary());
+    for clause in &gate.uncovered {
+        outln!("NO CASE       {clause}");
+    }
+    for clause in &gate.stale {
+        outln!("STALE         {clause} is covered now: remove it from the allowlist");
+    }
+    Ok(gate.passed())
+}
+
+async fn run_shim(args: ShimArgs) -> CliResult<bool> {
+    let invocation = ShimInvocation {
+        url: args.url,
+        server_key: args.server_key,
+        identity_file: args.identity_file,
+        case: args.case,
+        tool: args.tool,
+        args: hex::decode(&args.args_hex)
+            .map_err(|error| CliError::new(format!("--args-hex: {error}")))?,
+        calls: args.calls,
+    };
+    let report = toolwire_conformance::shim::run_reference(&invocation).await;
+    outln!("{}", report.to_line());
+    Ok(report.exit_code() == 0)
+}
+
+async fn run_client(args: ClientArgs) -> CliResult<bool> {
+    let command: Vec<String> = args.shim.split_whitespace().map(str::to_owned).collect();
+    if command.is_empty() {
+        return Err(CliError::new("--shim is empty"));
+    }
+    let mut options = ClientOptions::default();
+    if args.no_slow {
+        options.handshake_stall = None;
+    }
+    options.only = args.only;
+    let expected = read_expected(args.expected_failures.as_ref())?;
+    let mut report =
+        toolwire_conformance::client::run(ClientUnderTest::Command(command), options).await;
+    report.apply_expected_failures(&expected);
+    print_report(&report, args.out.as_ref())
+}
+
+fn read_expected(path: Option<&PathBuf>) -> CliResult<ExpectedFailures> {
+    match path {
+        Some(path) => ExpectedFailures::read(path)
+            .map_err(|error| CliError::new(format!("{}: {error}", path.display()))),
+        None => Ok(ExpectedFailures::default()),
     }
 }
 
@@ -107,16 +240,15 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
         options.handshake_stall = Some(Duration::from_secs(6));
     }
     options.only = args.only;
-    let expected = match &args.expected_failures {
-        Some(path) => ExpectedFailures::read(path)
-            .map_err(|error| CliError::new(format!("{}: {error}", path.display())))?,
-        None => ExpectedFailures::default(),
-    };
+    let expected = read_expected(args.expected_failures.as_ref())?;
 
     let mut report =
         toolwire_conformance::server::run(&args.url, args.server_key, identity, options).await;
     report.apply_expected_failures(&expected);
+    print_report(&report, args.out.as_ref())
+}
 
+fn print_report(report: &Report, out: Option<&PathBuf>) -> CliResult<bool> {
     for case in &report.cases {
         let verdict = if case.expected_failure {
             "XFAIL".to_owned()
@@ -148,10 +280,10 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
     }
     outln!("{}", report.summary());
     outln!(
-        "{} (this run; full coverage of the MUST clauses is future work)",
+        "{} (this run; `toolwire conformance trace` gates the whole suite)",
         report.coverage().summary()
     );
-    if let Some(dir) = &args.out {
+    if let Some(dir) = out {
         let written = report
             .write_all(dir)
             .map_err(|error| CliError::new(format!("{}: {error}", dir.display())))?;

@@ -12,21 +12,31 @@
 //!   truncated records, text and oversize frames, stalls, forged hellos and envelopes.
 //! - [`server`]: server mode; the peer plays the client against a live server
 //!   ([`server::run`]), one fresh connection per case.
+//! - [`client`]: client mode; the peer plays the server on loopback and runs the
+//!   client under test once per case through a shim ([`shim`], BoGo style), as a
+//!   command or in process ([`client::run`]).
+//! - [`artifact`]: checks of what an implementation produced during the run (the
+//!   server's audit log), for clauses no peer can observe on the wire.
 //! - [`report`]: [`Report`] with per-case and per-clause verdicts, rendered as JSON
 //!   (schema [`report::SCHEMA`]), JUnit XML and Markdown, and expected-failure files
 //!   that flag stale entries.
-//! - [`spec`]: the clauses of `spec/PROTOCOL.md` and the trace of MUST clauses to
-//!   cases ([`spec::trace`]).
+//! - [`spec`]: the clauses of `spec/PROTOCOL.md`, the trace of MUST clauses to
+//!   cases ([`spec::trace`]) and the trace gate ([`spec::gate`]): every MUST clause
+//!   outside Appendix C has a case, or is listed in `conformance/uncovered.txt`, a
+//!   list that only shrinks.
 //!
 //! Every case names the clause ids it checks and reports what it expected and what it
 //! observed (HTTP status, close code, RPC error code, bytes).
 
 #![forbid(unsafe_code)]
 
+pub mod artifact;
 pub mod cases;
+pub mod client;
 pub mod peer;
 pub mod report;
 pub mod server;
+pub mod shim;
 pub mod spec;
 pub mod vectors;
 

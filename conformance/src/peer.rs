@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use toolwire_protocol::handshake::{ClientHello, Resume, ServerHello};
-use toolwire_protocol::message::{CapRequest, Close, Request};
+use toolwire_protocol::message::{CapRequest, Close, Request, Response};
 use toolwire_protocol::{Identity, IdentityKey, Message};
 
 /// The WebSocket subprotocol of toolwire/1.
@@ -229,18 +229,34 @@ pub async fn upgrade(
     subprotocol: Option<&str>,
     timeout: Duration,
 ) -> Upgrade {
+    let mut headers = Vec::new();
+    if let Some(origin) = origin {
+        headers.push(("Origin", origin));
+    }
+    if let Some(subprotocol) = subprotocol {
+        headers.push(("Sec-WebSocket-Protocol", subprotocol));
+    }
+    upgrade_with_headers(url, &headers, timeout).await
+}
+
+/// Opens a WebSocket to `url` adding every header line of `headers`, in order (a name
+/// given twice makes two header lines).
+pub async fn upgrade_with_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Upgrade {
     let mut request = match url.into_client_request() {
         Ok(request) => request,
         Err(error) => return Upgrade::Failed(format!("bad URL: {error}")),
     };
-    for (name, value) in [("Origin", origin), ("Sec-WebSocket-Protocol", subprotocol)] {
-        if let Some(value) = value {
-            match HeaderValue::from_str(value) {
-                Ok(value) => {
-                    request.headers_mut().insert(name, value);
-                }
-                Err(error) => return Upgrade::Failed(format!("bad {name}: {error}")),
+    for (name, value) in headers {
+        let header = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes());
+        match (header, HeaderValue::from_str(value)) {
+            (Ok(header), Ok(value)) => {
+                request.headers_mut().append(header, value);
             }
+            _ => return Upgrade::Failed(format!("bad header {name}: {value}")),
         }
     }
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true);
@@ -599,9 +615,11 @@ pub struct Session {
     inbox: VecDeque<Message>,
     /// Wait bound of every read.
     pub step: Duration,
-    /// What the server sent that a conforming server never sends (undecryptable
-    /// records, bad headers, …), in order.
+    /// What the other end sent that a conforming peer never sends (undecryptable
+    /// records, bad headers, kinds its role may not send, …), in order.
     pub violations: Vec<String>,
+    /// Whether the other end is the server (the peer plays the client).
+    peer_is_server: bool,
 }
 
 impl fmt::Debug for Session {
@@ -670,7 +688,50 @@ impl Session {
             inbox: VecDeque::new(),
             step,
             violations: Vec::new(),
+            peer_is_server: true,
         }
+    }
+
+    /// A session of the peer playing the **server**, after a handshake run by a
+    /// [`Responder`]: `identity` is the server identity (it signs RESPONSEs),
+    /// `client_key` the client identity the handshake authenticated.
+    pub fn from_server_keys(
+        socket: Socket,
+        identity: Identity,
+        client_key: IdentityKey,
+        keys: &Keys,
+        step: Duration,
+    ) -> Self {
+        let mut session = Self::from_keys(socket, identity, client_key, keys, step);
+        session.peer_is_server = false;
+        session
+    }
+
+    /// A RESPONSE to `request` with `result`, signed by this peer's identity as a
+    /// conforming server signs it (ENV-002, ENV-004).
+    pub fn response(&self, request: &Request, result: &[u8]) -> Response {
+        let bytes = response_signing_bytes(&self.session_id, request, result);
+        Response {
+            id: request.id,
+            result: result.to_vec().into(),
+            signature: Some(self.identity.sign(&bytes).to_vec().into()),
+        }
+    }
+
+    /// Verifies a REQUEST signature under the client identity (peer playing the
+    /// server; ENV-001, ENV-003).
+    pub fn verify_request(&self, request: &Request) -> bool {
+        let bytes = request_signing_bytes(
+            &self.session_id,
+            request.id,
+            &request.tool,
+            &request.args,
+            request.grant_id.as_deref().unwrap_or(""),
+        );
+        request
+            .signature
+            .as_ref()
+            .is_some_and(|s| self.server_key.verify(&bytes, s).is_ok())
     }
 
     /// The header of the next well-formed sealed record.
@@ -722,6 +783,28 @@ impl Session {
         )
     }
 
+    /// Sends a WebSocket close frame with `code` and an empty reason.
+    pub async fn send_close_frame(&mut self, code: u16) -> bool {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        matches!(
+            tokio::time::timeout(self.step, self.socket.send(WsMessage::Close(Some(frame)))).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends a WebSocket ping frame (not a toolwire PING).
+    pub async fn send_ws_ping(&mut self, payload: Vec<u8>) -> bool {
+        matches!(
+            tokio::time::timeout(self.step, self.socket.send(WsMessage::Ping(payload.into())))
+                .await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Seals and sends `message`.
     pub async fn send(&mut self, message: &Message) -> bool {
         let record = self.seal(message);
@@ -746,21 +829,7 @@ impl Session {
 
     /// Verifies a RESPONSE signature under the server key (ENV-002, ENV-004).
     pub fn verify_response(&self, request: &Request, result: &[u8], signature: &[u8]) -> bool {
-        let request_bytes = request_signing_bytes(
-            &self.session_id,
-            request.id,
-            &request.tool,
-            &request.args,
-            request.grant_id.as_deref().unwrap_or(""),
-        );
-        let request_hash = sha256(&request_bytes);
-        let bytes = pae(&[
-            b"toolwire/1 response",
-            &self.session_id,
-            &request.id.to_le_bytes(),
-            &request_hash,
-            result,
-        ]);
+        let bytes = response_signing_bytes(&self.session_id, request, result);
         self.server_key.verify(&bytes, signature).is_ok()
     }
 
@@ -798,6 +867,17 @@ impl Session {
         self.receive.next_seq += 1;
         match Message::decode(&plaintext) {
             Ok(message) => {
+                if !may_send(self.peer_is_server, &message) {
+                    self.violations.push(format!(
+                        "the {} sent {}, a kind its role may not send (MSG-005)",
+                        if self.peer_is_server {
+                            "server"
+                        } else {
+                            "client"
+                        },
+                        message.kind()
+                    ));
+                }
                 if let Message::KeyUpdate(update) = &message {
                     self.receive.epoch = update.epoch;
                     self.receive.key = rekey(&self.receive.key);
@@ -953,6 +1033,289 @@ impl Session {
             }
         }
     }
+}
+
+// =====================================================================================
+// Server role: the peer plays the server against a client under test.
+// =====================================================================================
+
+/// What the client's upgrade request carried, as the peer (server role) saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpgradeSeen {
+    /// Every `Sec-WebSocket-Protocol` value offered, split at commas and trimmed.
+    pub offered: Vec<String>,
+    /// The `Origin` header, when present.
+    pub origin: Option<String>,
+    /// The request path.
+    pub path: String,
+}
+
+/// Accepts one WebSocket on `listener`, answering the upgrade with
+/// `Sec-WebSocket-Protocol: select` (no header when `None`).
+///
+/// # Errors
+/// When no client connects within `timeout` or the upgrade fails.
+// The callback's error type (an HTTP response) is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    select: Option<&str>,
+    timeout: Duration,
+) -> Result<(Socket, UpgradeSeen), PeerError> {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as HttpRequest, Response};
+    let (stream, _) = tokio::time::timeout(timeout, listener.accept())
+        .await
+        .map_err(|_| err(format!("no connection within {timeout:?}")))?
+        .map_err(|e| err(format!("accept: {e}")))?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(UpgradeSeen::default()));
+    let select = select.map(str::to_owned);
+    let record = seen.clone();
+    let callback = move |request: &HttpRequest, mut response: Response| {
+        let mut upgrade = UpgradeSeen {
+            path: request.uri().path().to_owned(),
+            ..UpgradeSeen::default()
+        };
+        for value in request.headers().get_all("Sec-WebSocket-Protocol") {
+            if let Ok(value) = value.to_str() {
+                upgrade
+                    .offered
+                    .extend(value.split(',').map(|v| v.trim().to_owned()));
+            }
+        }
+        upgrade.origin = request
+            .headers()
+            .get("Origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Ok(mut slot) = record.lock() {
+            *slot = upgrade;
+        }
+        if let Some(select) = &select {
+            if let Ok(value) = HeaderValue::from_str(select) {
+                response
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Protocol", value);
+            }
+        }
+        Ok(response)
+    };
+    let accepting = tokio_tungstenite::accept_hdr_async_with_config(
+        MaybeTlsStream::Plain(stream),
+        callback,
+        Some(ws_config()),
+    );
+    let socket = tokio::time::timeout(timeout, accepting)
+        .await
+        .map_err(|_| err(format!("no upgrade request within {timeout:?}")))?
+        .map_err(|e| err(format!("upgrade: {e}")))?;
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok((socket, seen))
+}
+
+/// The ServerHello the peer sends: its own structure, so that a case can send any
+/// field wrong (HS-008, HS-009).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerHelloOut {
+    /// The server identity key (normally 32 bytes).
+    #[serde(with = "serde_bytes")]
+    pub identity: Vec<u8>,
+    /// The static-key signature (normally 64 bytes).
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    /// The session parameters.
+    pub params: toolwire_protocol::handshake::SessionParams,
+}
+
+/// The default session parameters of section 4.4.
+pub fn default_params() -> toolwire_protocol::handshake::SessionParams {
+    toolwire_protocol::handshake::SessionParams {
+        max_record_body: 65536,
+        session_lifetime_ms: 3_720_000,
+        idle_timeout_ms: 90_000,
+    }
+}
+
+/// The peer's side of a Noise XX handshake as the server (responder).
+pub struct Responder {
+    state: snow::HandshakeState,
+    static_public: [u8; 32],
+    identity: Identity,
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder").finish_non_exhaustive()
+    }
+}
+
+impl Responder {
+    /// A responder for `endpoint` with a fresh Noise static key, proving `identity`.
+    ///
+    /// # Errors
+    /// When `snow` refuses the parameters.
+    pub fn new(identity: Identity, endpoint: &str) -> Result<Self, PeerError> {
+        let noise: snow::params::NoiseParams = NOISE_PARAMS
+            .parse()
+            .map_err(|e| err(format!("noise params: {e:?}")))?;
+        let keypair = snow::Builder::new(noise.clone())
+            .generate_keypair()
+            .map_err(|e| err(format!("keypair: {e:?}")))?;
+        let prologue = prologue(endpoint);
+        let state = snow::Builder::new(noise)
+            .prologue(&prologue)
+            .local_private_key(&keypair.private)
+            .build_responder()
+            .map_err(|e| err(format!("responder: {e:?}")))?;
+        let static_public = keypair
+            .public
+            .as_slice()
+            .try_into()
+            .map_err(|_| err("static key length"))?;
+        Ok(Self {
+            state,
+            static_public,
+            identity,
+        })
+    }
+
+    /// Reads record 1 as a conforming client sends it (REC-003, HS-006).
+    ///
+    /// # Errors
+    /// The first deviation.
+    pub fn read_record1(&mut self, record1: &[u8]) -> Result<(), PeerError> {
+        let header = Header::parse(record1).ok_or_else(|| err("record 1 shorter than 16 bytes"))?;
+        if header != Header::handshake(1) {
+            return Err(err(format!("record 1 header {header:?} (REC-003)")));
+        }
+        if record1.len() != HEADER_LEN + 32 {
+            return Err(err(format!(
+                "record 1 body of {} bytes, not 32 (HS-006)",
+                record1.len() - HEADER_LEN
+            )));
+        }
+        let mut payload = vec![0u8; 64];
+        self.state
+            .read_message(&record1[HEADER_LEN..], &mut payload)
+            .map_err(|e| err(format!("message 1: {e:?}")))?;
+        Ok(())
+    }
+
+    /// The ServerHello a conforming server sends (HS-008, HS-009), default parameters.
+    pub fn server_hello(&self) -> ServerHelloOut {
+        ServerHelloOut {
+            identity: self.identity.public_key().to_bytes().to_vec(),
+            signature: self
+                .identity
+                .sign(&pae(&[b"toolwire/1 server static", &self.static_public]))
+                .to_vec(),
+            params: default_params(),
+        }
+    }
+
+    /// The Noise static public key this handshake sends in message 2.
+    pub fn static_public(&self) -> [u8; 32] {
+        self.static_public
+    }
+
+    /// Record 2 carrying `payload` (normally the msgpack of a ServerHello).
+    ///
+    /// # Errors
+    /// A `snow` failure.
+    pub fn record2(&mut self, payload: &[u8]) -> Result<Vec<u8>, PeerError> {
+        let mut buffer = vec![0u8; payload.len() + 256];
+        let len = self
+            .state
+            .write_message(payload, &mut buffer)
+            .map_err(|e| err(format!("message 2: {e:?}")))?;
+        Ok(record(Header::handshake(2), &buffer[..len]))
+    }
+
+    /// Reads record 3 and checks the ClientHello as a server must (HS-018, HS-019,
+    /// HS-025): the client's identity key.
+    ///
+    /// # Errors
+    /// The first check that fails, named by its clause.
+    pub fn read_record3(&mut self, record3: &[u8]) -> Result<ClientHello, PeerError> {
+        let header = Header::parse(record3).ok_or_else(|| err("record 3 shorter than 16 bytes"))?;
+        if header != Header::handshake(3) {
+            return Err(err(format!("record 3 header {header:?} (REC-003)")));
+        }
+        let mut payload = vec![0u8; record3.len()];
+        let len = self
+            .state
+            .read_message(&record3[HEADER_LEN..], &mut payload)
+            .map_err(|e| err(format!("message 3 does not decrypt (HS-020): {e:?}")))?;
+        let hello: ClientHello = rmp_serde::from_slice(&payload[..len])
+            .map_err(|e| err(format!("ClientHello malformed (HS-021): {e}")))?;
+        let identity = IdentityKey::from_slice(&hello.identity)
+            .map_err(|e| err(format!("ClientHello.identity invalid (HS-024): {e:?}")))?;
+        let remote_static: [u8; 32] = self
+            .state
+            .get_remote_static()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| err("no remote static key"))?;
+        identity
+            .verify(
+                &pae(&[b"toolwire/1 client static", &remote_static]),
+                &hello.signature,
+            )
+            .map_err(|_| err("ClientHello.signature does not verify (HS-019)"))?;
+        Ok(hello)
+    }
+
+    /// The session id and transport keys after record 3, from the server's side:
+    /// `send` is k2, `receive` is k1 (KS-002).
+    ///
+    /// # Errors
+    /// When the handshake is not finished.
+    pub fn finish(mut self) -> Result<Keys, PeerError> {
+        if !self.state.is_handshake_finished() {
+            return Err(err("handshake not finished"));
+        }
+        let session_id: [u8; 32] = self
+            .state
+            .get_handshake_hash()
+            .try_into()
+            .map_err(|_| err("handshake hash length"))?;
+        let (k1, k2) = self.state.dangerously_get_raw_split();
+        Ok(Keys {
+            session_id,
+            send: k2,
+            receive: k1,
+        })
+    }
+}
+
+/// Whether the server (`server` true) or the client may send `message` (the "sent
+/// by" column of section 9.1).
+pub fn may_send(server: bool, message: &Message) -> bool {
+    match message {
+        Message::CapGrant(_)
+        | Message::CapUpdate(_)
+        | Message::Response(_)
+        | Message::StreamItem(_) => server,
+        Message::CapRequest(_) | Message::Request(_) | Message::Cancel(_) => !server,
+        _ => true,
+    }
+}
+
+/// The response signing bytes of ENV-002.
+pub fn response_signing_bytes(session_id: &[u8; 32], request: &Request, result: &[u8]) -> Vec<u8> {
+    let request_bytes = request_signing_bytes(
+        session_id,
+        request.id,
+        &request.tool,
+        &request.args,
+        request.grant_id.as_deref().unwrap_or(""),
+    );
+    let request_hash = sha256(&request_bytes);
+    pae(&[
+        b"toolwire/1 response",
+        session_id,
+        &request.id.to_le_bytes(),
+        &request_hash,
+        result,
+    ])
 }
 
 /// The request signing bytes of ENV-001.

@@ -57,6 +57,22 @@ pub struct ServerOptions {
     pub quiet: Duration,
     /// An origin that the server's allowlist does not hold.
     pub foreign_origin: String,
+    /// An origin that the server's allowlist holds: the origin-matching cases
+    /// (TRN-007, TRN-009) SKIP without it.
+    pub allowed_origin: Option<String>,
+    /// A call that takes at least a second to run (a slow tool the identity is
+    /// granted): the in-flight and CANCEL cases SKIP without it.
+    pub slow_call: Option<ToolCall>,
+    /// Another client identity the server allows: the cross-client lineage case
+    /// (AMO-001) SKIPs without it.
+    pub other_identity: Option<Identity>,
+    /// Run the flood cases (rate limit, pre-authentication limit, at-most-once
+    /// bounds): they exhaust the identity's rate budget for a second or two, so they
+    /// run last. Default true.
+    pub floods: bool,
+    /// The server runs with the default limits of section 17 (the announced-limits
+    /// case SKIPs otherwise). Default true.
+    pub default_limits: bool,
     /// Run only the cases whose id starts with one of these prefixes (all when empty).
     pub only: Vec<String>,
 }
@@ -70,6 +86,11 @@ impl Default for ServerOptions {
             step: Duration::from_secs(5),
             quiet: Duration::from_millis(300),
             foreign_origin: "https://foreign-origin.conformance.invalid".to_owned(),
+            allowed_origin: None,
+            slow_call: None,
+            other_identity: None,
+            floods: true,
+            default_limits: true,
             only: Vec::new(),
         }
     }

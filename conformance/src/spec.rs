@@ -184,19 +184,146 @@ pub fn trace<'a>(
     }
 }
 
-/// The trace of every case of this suite (server mode and vectors) against the
-/// embedded specification.
+/// Every case of the suite as `(mode, id, clauses)`: server mode, client mode,
+/// artifact checks and vectors.
+pub fn suite_cases() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+    let mut out = Vec::new();
+    out.extend(
+        crate::cases::server_cases()
+            .iter()
+            .map(|c| ("server", c.id, c.clauses)),
+    );
+    out.extend(
+        crate::cases::client_cases()
+            .iter()
+            .map(|c| ("client", c.id, c.clauses)),
+    );
+    out.extend(
+        crate::artifact::cases()
+            .iter()
+            .map(|c| ("artifact", c.id, c.clauses)),
+    );
+    out.extend(
+        crate::vectors::cases()
+            .iter()
+            .map(|c| ("vectors", c.id, c.clauses)),
+    );
+    out
+}
+
+/// The trace of every case of this suite (server mode, client mode, artifacts and
+/// vectors) against the embedded specification.
 pub fn suite_coverage() -> Coverage {
     let spec = Spec::embedded();
-    let server = crate::cases::server_cases();
-    let vectors = crate::vectors::cases();
-    trace(
-        &spec,
-        server
-            .iter()
-            .map(|c| (c.id, c.clauses))
-            .chain(vectors.iter().map(|c| (c.id, c.clauses))),
-    )
+    let cases = suite_cases();
+    trace(&spec, cases.iter().map(|(_, id, clauses)| (*id, *clauses)))
+}
+
+/// MUST clauses known to have no case yet (`conformance/uncovered.txt`): one clause
+/// id a line, optionally followed by a reason; `#` starts a comment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    /// `(clause id, reason)` in file order.
+    pub entries: Vec<(String, String)>,
+}
+
+impl Allowlist {
+    /// Parses the text of an allowlist file.
+    pub fn parse(text: &str) -> Self {
+        let entries = text
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or("").trim())
+            .filter(|line| !line.is_empty())
+            .map(|line| match line.split_once(char::is_whitespace) {
+                Some((id, reason)) => (id.to_owned(), reason.trim().to_owned()),
+                None => (line.to_owned(), String::new()),
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// Reads and parses a file.
+    ///
+    /// # Errors
+    /// The I/O error.
+    pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self::parse(&std::fs::read_to_string(path)?))
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.entries.iter().any(|(entry, _)| entry == id)
+    }
+}
+
+/// The verdict of the trace gate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gate {
+    /// MUST clauses that no case names, that Appendix C does not list and that the
+    /// allowlist does not excuse: each fails the gate.
+    pub uncovered: Vec<String>,
+    /// Allowlist entries whose clause a case names now, or that are not MUST clauses
+    /// of the specification (or are in Appendix C): each fails the gate until removed,
+    /// so the allowlist only shrinks.
+    pub stale: Vec<String>,
+    /// MUST clauses excused by the allowlist.
+    pub allowed: Vec<String>,
+    /// MUST clauses listed in Appendix C (not yet implemented) without a case.
+    pub pending: Vec<String>,
+    /// The coverage the gate judged.
+    pub coverage: Coverage,
+}
+
+impl Gate {
+    /// No uncovered clause, no stale entry, no unknown clause id.
+    pub fn passed(&self) -> bool {
+        self.uncovered.is_empty() && self.stale.is_empty() && self.coverage.unknown.is_empty()
+    }
+
+    /// One line.
+    pub fn summary(&self) -> String {
+        format!(
+            "trace gate {}: {} of {} MUST clauses covered; {} pending (Appendix C), {} allowed uncovered, {} uncovered, {} stale allowlist entries",
+            if self.passed() { "PASSED" } else { "FAILED" },
+            self.coverage.must_covered,
+            self.coverage.must_total,
+            self.pending.len(),
+            self.allowed.len(),
+            self.uncovered.len(),
+            self.stale.len()
+        )
+    }
+}
+
+/// The trace gate: every MUST clause of the specification has a case, unless
+/// Appendix C lists it or `allowlist` excuses it.
+pub fn gate(coverage: &Coverage, allowlist: &Allowlist) -> Gate {
+    let spec = Spec::embedded();
+    let mut uncovered = Vec::new();
+    let mut allowed = Vec::new();
+    let mut pending = Vec::new();
+    for id in &coverage.uncovered {
+        if spec.is_pending(id) {
+            pending.push(id.clone());
+        } else if allowlist.contains(id) {
+            allowed.push(id.clone());
+        } else {
+            uncovered.push(id.clone());
+        }
+    }
+    let stale = allowlist
+        .entries
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| !allowed.contains(id))
+        .cloned()
+        .collect();
+    Gate {
+        uncovered,
+        stale,
+        allowed,
+        pending,
+        coverage: coverage.clone(),
+    }
 }
 
 /// Human-readable trace: every case with its clauses, then the coverage and the
@@ -205,13 +332,7 @@ pub fn trace_text() -> String {
     use std::fmt::Write as _;
     let spec = Spec::embedded();
     let mut out = String::new();
-    let server = crate::cases::server_cases();
-    let vectors = crate::vectors::cases();
-    for (mode, id, clauses) in server
-        .iter()
-        .map(|c| ("server", c.id, c.clauses))
-        .chain(vectors.iter().map(|c| ("vectors", c.id, c.clauses)))
-    {
+    for (mode, id, clauses) in suite_cases() {
         let _ = writeln!(out, "{mode:8} {id:40} {}", clauses.join(", "));
     }
     let coverage = suite_coverage();

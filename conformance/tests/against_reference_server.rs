@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 use toolwire_conformance::report::SCHEMA;
-use toolwire_conformance::{server, spec, vectors, Report, Verdict};
+use toolwire_conformance::{artifact, server, spec, vectors, Report, Verdict};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_server_and_vectors_pass_with_zero_fail() {
@@ -17,12 +17,29 @@ async fn reference_server_and_vectors_pass_with_zero_fail() {
         &target.url,
         target.server_key,
         target.client.clone(),
-        common::options(),
+        common::options_for(&target),
     );
-    let mut report = tokio::time::timeout(Duration::from_secs(60), suite)
+    let mut report = tokio::time::timeout(Duration::from_secs(120), suite)
         .await
         .expect("the server suite finishes within a minute");
     report.merge(vectors::run(&vectors::default_dir()));
+    // AUD-007: a clean shutdown ends the audit log with a head; then the artifact
+    // cases judge the log the run produced.
+    target
+        .server
+        .shutdown(Duration::from_secs(2))
+        .await
+        .expect("clean shutdown");
+    report.merge(artifact::run(&artifact::ArtifactTarget {
+        audit_log: Some(target.audit_log.clone()),
+        server_key: target.server_key,
+        secrets: vec![
+            hex::encode(*target.identity.to_seed()),
+            hex::encode(*target.client.to_seed()),
+        ],
+        after_clean_shutdown: true,
+    }));
+    let _ = std::fs::remove_file(&target.audit_log);
 
     let problems: Vec<String> = report
         .cases

@@ -1,15 +1,18 @@
 //! The suite notices broken servers: a reference server built with one deliberately
 //! broken check (`toolwire-server`'s `__fault_injection` feature) makes exactly the
 //! cases that check it FAIL, with expected and observed results naming the fault,
-//! while every other case still passes.
+//! while every other case still passes. The same for a client: our client with its
+//! request signatures switched off fails exactly the case that checks them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
-use toolwire_conformance::{server, Report, Verdict};
+use toolwire_conformance::client::{self, ClientOptions, ClientUnderTest};
+use toolwire_conformance::{server, shim, Report, Verdict};
 use toolwire_server::Fault;
 
 async fn suite_against(fault: Fault) -> Report {
@@ -70,8 +73,10 @@ async fn skipping_the_origin_check_fails_the_origin_cases() {
         &report,
         &[
             "trn.origin-before-subprotocol",
+            "trn.origin.allowed-case-insensitive",
             "trn.origin.foreign",
             "trn.origin.null",
+            "trn.origin.repeated",
             "trn.origin.with-path",
         ],
     );
@@ -100,4 +105,32 @@ async fn accepting_text_frames_fails_the_text_frame_case() {
     assert_fails_exactly(&report, &["trn.text-frame"]);
     let text = report.case("trn.text-frame").unwrap();
     assert!(text.observed.contains("still open"), "{}", text.observed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_sign_fails_the_baseline_case() {
+    // ENV-003: the client under test sends REQUESTs without envelope signatures.
+    let unsigned = ClientUnderTest::InProcess(Arc::new(|invocation| {
+        Box::pin(async move {
+            let builder = toolwire_client::Client::builder()
+                .dangerous()
+                .disable_request_signatures()
+                .done();
+            shim::run_with_builder(&invocation, builder).await
+        })
+    }));
+    let mut options = ClientOptions::default();
+    options.handshake_stall = None;
+    options.step = Duration::from_secs(2);
+    let report = tokio::time::timeout(Duration::from_secs(120), client::run(unsigned, options))
+        .await
+        .expect("the client suite finishes within two minutes");
+    assert_fails_exactly(&report, &["cli.baseline"]);
+    let baseline = report.case("cli.baseline").unwrap();
+    assert!(
+        baseline.observed.contains("signature does not verify"),
+        "{}",
+        baseline.observed
+    );
+    assert!(baseline.clauses.iter().any(|c| c == "ENV-003"));
 }

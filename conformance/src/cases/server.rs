@@ -59,7 +59,7 @@ pub fn server_cases() -> Vec<ServerCase> {
         case!("trn.oversize-text-frame", ["TRN-026"],
             "An oversize text message closes with 1009, not 1003 (size before kind).", oversize_text_frame),
         // ---- 4. Handshake ------------------------------------------------------
-        case!("hs.baseline", ["HS-001", "HS-003", "HS-005", "HS-008", "HS-009", "HS-031", "KS-001", "KS-002", "LIFE-002", "ID-001", "REC-003"],
+        case!("hs.baseline", ["TRN-023", "HS-001", "HS-003", "HS-005", "HS-008", "HS-009", "HS-031", "KS-001", "KS-002", "LIFE-002", "ID-001", "REC-003"],
             "A well-formed handshake by an independent Noise implementation completes; ServerHello carries the pinned identity, a valid static-key signature and the session parameters; the first sealed record opens under k2.", baseline),
         case!("hs.record1.bad-version", ["REC-004", "REC-019", "HS-034"],
             "Record 1 with version byte 2 closes with VERSION_UNSUPPORTED (4002) by a bare close frame.", record1_bad_version),
@@ -159,6 +159,52 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A REQUEST with id 2^62 is refused with INVALID_ARGUMENT (3).", id_out_of_range),
         case!("amo.cancel-unknown-id", ["AMO-025"],
             "A CANCEL for an id never sent gets no reply and the connection stays open.", cancel_unknown_id),
+        // ---- More: upgrade, keys, messages -------------------------------------
+        case!("trn.origin.allowed-case-insensitive", ["TRN-006", "TRN-007"],
+            "The allowed Origin with its host in upper case is accepted (scheme and host compare case-insensitively); with an explicit default port it is refused with 403 (no normalization).", origin_allowed_variants),
+        case!("trn.origin.repeated", ["TRN-009", "TRN-008"],
+            "The allowed Origin sent on two header lines is refused with 403 (joined by \", \" it matches nothing).", origin_repeated),
+        case!("trn.no-authority-from-headers", ["TRN-020"],
+            "An unknown identity whose upgrade carries `Authorization: Bearer` and `Cookie` headers is still refused with AUTH_FAILED (4001).", no_authority_from_headers),
+        case!("trn.ws-ping-frame", ["TRN-028"],
+            "WebSocket ping and pong frames in a session change no toolwire state: the next PING is answered under the expected sequence numbers.", ws_ping_frame),
+        case!("ks.cross-connection", ["KS-005"],
+            "A record sealed with another connection's keys closes with DECRYPT_FAILED (4003).", cross_connection),
+        case!("cnv.nil-optional", ["CNV-005", "CNV-006"],
+            "A REQUEST whose optional `grant_id` and `deadline_ms` are nil, with an unknown field, is executed like one without them.", nil_optional),
+        case!("lim.announced-defaults", ["LIM-001", "LIM-006", "LIM-009", "LIM-010", "LIM-011", "HS-008", "GRT-036"],
+            "A server with default limits announces max_record_body 65536, session_lifetime_ms 3720000, idle_timeout_ms 90000 in ServerHello and rate 100/s, burst 200, 64 in flight in CAP_GRANT.", announced_defaults),
+        // ---- More: authorization -----------------------------------------------
+        case!("authz.invalid-arguments", ["AUTHZ-020", "AUTHZ-021"],
+            "A REQUEST whose args (the integer 42) fail the tool's input schema is refused with INVALID_ARGUMENT (3) and `invalid arguments: ` plus a reason of at most 256 bytes.", invalid_arguments),
+        case!("authz.refusal-messages", ["AUTHZ-021", "AUTHZ-022", "ERR-007"],
+            "Refusals carry the fixed text of their step (`tool not granted`, `envelope signature did not verify`) and no argument bytes or signatures.", refusal_messages),
+        case!("authz.grant-id-not-held", ["AUTHZ-010"],
+            "A REQUEST naming a grant_id the session does not hold is refused with PERMISSION_DENIED (7).", grant_id_not_held),
+        case!("authz.key-authority", ["AUTHZ-011"],
+            "A client on the key allowlist calls a granted tool without grant_id: executed.", key_authority),
+        // ---- More: at-most-once ------------------------------------------------
+        case!("amo.refused-not-recorded", ["AMO-018"],
+            "A REQUEST refused for its signature does not use up its id: the same id, signed, then executes.", refused_not_recorded),
+        case!("amo.stale-id", ["AMO-013"],
+            "After id 5000 executed, id 1 (never sent, 4999 below the top) is refused with STALE_REQUEST_ID (100).", stale_id),
+        case!("amo.resume-lineage", ["AMO-002", "AMO-004", "AMO-012", "AMO-020", "ENV-005"],
+            "A second connection resuming the first one's lineage (the first 16 bytes of its session id) re-sends an executed id with retry: answered from the cache with the same result bytes, signed for the new session.", resume_lineage),
+        case!("amo.recovered-lineage", ["AMO-005", "AMO-014", "AMO-015", "AMO-016"],
+            "Resuming a lineage the server never held: a retried id is refused with RESULT_UNAVAILABLE (101), again 101 the second time (recorded, no outcome), and a new id without retry executes.", recovered_lineage),
+        case!("amo.other-client-lineage", ["AMO-001"],
+            "Another client resuming the first client's lineage id gets its own (recovered) lineage: a retried id is RESULT_UNAVAILABLE (101), never the first client's cached result.", other_client_lineage),
+        case!("amo.cancel-in-flight", ["AMO-021", "AMO-022", "AMO-023", "AMO-024"],
+            "A CANCEL for a slow call in flight is answered at once with CANCELLED (1) `cancelled`; no RESPONSE follows; the id retried gets CANCELLED again.", cancel_in_flight),
+        case!("authz.in-flight-cap", ["AUTHZ-003", "LIM-010", "ERR-005"],
+            "With 64 slow calls in flight, a 65th REQUEST is refused with RESOURCE_EXHAUSTED (8), `too many calls in flight`, retry_after_ms 100.", in_flight_cap),
+        // ---- Floods (last: they drain the identity's budgets) ------------------
+        case!("amo.lineage-quota", ["AMO-031", "AMO-032", "LIM-015"],
+            "After 17 fresh lineages of one client each executed a call, the oldest was dropped: resuming it, its id retried is RESULT_UNAVAILABLE (101).", lineage_quota),
+        case!("trn.preauth-limit", ["TRN-022", "LIM-012"],
+            "With 64 connections of this address not past the handshake, the 65th upgrade is refused with 429.", preauth_limit),
+        case!("authz.rate-limit", ["AUTHZ-004", "AUTHZ-005", "AUTHZ-002", "LIM-011", "ERR-005"],
+            "260 pipelined REQUESTs for an unknown tool: refused with PERMISSION_DENIED while the budget lasts (refusals are charged too), then RESOURCE_EXHAUSTED (8) `rate limit exceeded` with retry_after_ms.", rate_limit),
     ]
 }
 
@@ -1326,4 +1372,795 @@ async fn cancel_unknown_id(target: Arc<ServerTarget>) -> CaseResult {
         ),
         Err(ending) => CaseResult::check(false, expected, ending.to_string()),
     }
+}
+
+// =====================================================================================
+// More cases: upgrade, keys, messages
+// =====================================================================================
+
+async fn origin_allowed_variants(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(origin) = target.options.allowed_origin.clone() else {
+        return CaseResult::skip("needs an origin the server allows (--allowed-origin)");
+    };
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return precondition(format!("{origin} is not a serialized origin"));
+    };
+    if host.contains(':') {
+        return CaseResult::skip(
+            "the allowed origin has a port: the default-port variant does not apply",
+        );
+    }
+    let step = target.options.step;
+    let upper = format!(
+        "{}://{}",
+        scheme.to_ascii_uppercase(),
+        host.to_ascii_uppercase()
+    );
+    let exact = peer::upgrade(&target.url, Some(&origin), Some(SUBPROTOCOL), step).await;
+    let cased = peer::upgrade(&target.url, Some(&upper), Some(SUBPROTOCOL), step).await;
+    let port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    let with_port = format!("{origin}:{port}");
+    let ported = peer::upgrade(&target.url, Some(&with_port), Some(SUBPROTOCOL), step).await;
+    let ok = matches!(exact, Upgrade::Accepted { .. })
+        && matches!(cased, Upgrade::Accepted { .. })
+        && matches!(ported, Upgrade::Refused(403));
+    CaseResult::check(
+        ok,
+        format!("{origin}: 101; {upper}: 101; {with_port}: 403"),
+        format!(
+            "{}; {}; {}",
+            exact.describe(),
+            cased.describe(),
+            ported.describe()
+        ),
+    )
+}
+
+async fn origin_repeated(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(origin) = target.options.allowed_origin.clone() else {
+        return CaseResult::skip("needs an origin the server allows (--allowed-origin)");
+    };
+    let outcome = peer::upgrade_with_headers(
+        &target.url,
+        &[
+            ("Origin", &origin),
+            ("Origin", &origin),
+            ("Sec-WebSocket-Protocol", SUBPROTOCOL),
+        ],
+        target.options.step,
+    )
+    .await;
+    CaseResult::check(
+        matches!(outcome, Upgrade::Refused(403)),
+        "HTTP 403",
+        outcome.describe(),
+    )
+}
+
+async fn no_authority_from_headers(target: Arc<ServerTarget>) -> CaseResult {
+    let step = target.options.step;
+    let outcome = peer::upgrade_with_headers(
+        &target.url,
+        &[
+            ("Sec-WebSocket-Protocol", SUBPROTOCOL),
+            ("Authorization", "Bearer admin"),
+            ("Cookie", "session=admin; role=admin"),
+        ],
+        step,
+    )
+    .await;
+    let mut socket = match outcome {
+        Upgrade::Accepted { socket, .. } => *socket,
+        other => {
+            return CaseResult::check(
+                matches!(other, Upgrade::Refused(_)),
+                "HTTP 101 then AUTH_FAILED, or a refused upgrade",
+                other.describe(),
+            )
+        }
+    };
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let params = HandshakeParams::new(stranger, target.url.clone(), target.server_key);
+    let mut handshake = match Handshake::new(params) {
+        Ok(handshake) => handshake,
+        Err(error) => return CaseResult::harness_error(error.to_string()),
+    };
+    let Ok(record1) = handshake.record1() else {
+        return CaseResult::harness_error("record 1");
+    };
+    peer::send_binary(&mut socket, record1, step).await;
+    let Some(record2) = peer::next_binary(&mut socket, step).await else {
+        return precondition("no record 2");
+    };
+    if let Err(error) = handshake.read_record2(&record2) {
+        return precondition(error);
+    }
+    let hello = handshake.client_hello();
+    let Ok(record3) = hello_record(&mut handshake, &hello) else {
+        return CaseResult::harness_error("record 3");
+    };
+    peer::send_binary(&mut socket, record3, step).await;
+    let ending = await_raw_close(&mut socket, step).await;
+    expect_handshake_close(&ending, 4001)
+}
+
+async fn ws_ping_frame(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, _) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    session.send_ws_ping(b"conformance".to_vec()).await;
+    session.send_ws_ping(Vec::new()).await;
+    let result = still_open(
+        &mut session,
+        "PING answered with the expected record numbers",
+    )
+    .await;
+    result.with_detail(session.violations.join("; "))
+}
+
+async fn cross_connection(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut first, _) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let (mut second, _) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    // seq 0 of the first connection, which is also the next seq of the second.
+    let record = first.seal(&Message::Ping(Ping { nonce: 1 }));
+    second.send_raw(record).await;
+    let ending = second.await_close(target.options.step).await;
+    expect_sealed_close(&ending, 4003, &second)
+}
+
+async fn nil_optional(target: Arc<ServerTarget>) -> CaseResult {
+    #[derive(serde::Serialize)]
+    struct NilRequest<'a> {
+        id: u64,
+        tool: &'a str,
+        #[serde(with = "serde_bytes")]
+        args: &'a [u8],
+        grant_id: Option<String>,
+        deadline_ms: Option<u64>,
+        #[serde(with = "serde_bytes")]
+        signature: &'a [u8],
+        #[serde(rename = "x-future")]
+        future: u8,
+    }
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        body: NilRequest<'a>,
+    }
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let request = session.request(3, &call.tool, &encode_args(&call.args));
+    let signature = request.signature.clone().unwrap_or_default();
+    let bytes = rmp_serde::to_vec_named(&Envelope {
+        kind: "REQUEST",
+        body: NilRequest {
+            id: request.id,
+            tool: &request.tool,
+            args: &request.args,
+            grant_id: None,
+            deadline_ms: None,
+            signature: &signature,
+            future: 1,
+        },
+    })
+    .unwrap_or_default();
+    let record = session.seal_bytes(&bytes);
+    session.send_raw(record).await;
+    let outcome = loop {
+        match session.next().await {
+            Ok(Message::Response(response)) if response.id == 3 => {
+                break Ok(Message::Response(response))
+            }
+            Ok(Message::Error(error)) if error.id == Some(3) => break Ok(Message::Error(error)),
+            Ok(_) => {}
+            Err(ending) => break Err(ending),
+        }
+    };
+    CaseResult::check(
+        matches!(outcome, Ok(Message::Response(_))),
+        "RESPONSE",
+        describe(&outcome),
+    )
+}
+
+async fn announced_defaults(target: Arc<ServerTarget>) -> CaseResult {
+    if !target.options.default_limits {
+        return CaseResult::skip("the server is configured with other limits");
+    }
+    let step = target.options.step;
+    let mut socket = match peer::connect(&target.url, step).await {
+        Ok(socket) => socket,
+        Err(error) => return precondition(error),
+    };
+    let mut handshake = match Handshake::new(params(&target)) {
+        Ok(handshake) => handshake,
+        Err(error) => return CaseResult::harness_error(error.to_string()),
+    };
+    let Ok(record1) = handshake.record1() else {
+        return CaseResult::harness_error("record 1");
+    };
+    peer::send_binary(&mut socket, record1, step).await;
+    let Some(record2) = peer::next_binary(&mut socket, step).await else {
+        return precondition("no record 2");
+    };
+    let hello = match handshake.read_record2(&record2) {
+        Ok(hello) => hello,
+        Err(error) => return precondition(error),
+    };
+    let client_hello = handshake.client_hello();
+    let Ok(record3) = hello_record(&mut handshake, &client_hello) else {
+        return CaseResult::harness_error("record 3");
+    };
+    peer::send_binary(&mut socket, record3, step).await;
+    let Ok(keys) = handshake.finish() else {
+        return CaseResult::harness_error("keys");
+    };
+    let mut session = Session::from_keys(
+        socket,
+        target.identity.clone(),
+        target.server_key,
+        &keys,
+        step,
+    );
+    let grant = match session.next().await {
+        Ok(Message::CapGrant(grant)) => grant,
+        other => return precondition(format!("first message: {}", describe(&other))),
+    };
+    let p = hello.params;
+    let l = grant.limits;
+    let ok = p.max_record_body == 65536
+        && p.session_lifetime_ms == 3_720_000
+        && p.idle_timeout_ms == 90_000
+        && l.rate_per_sec == 100
+        && l.burst == 200
+        && l.max_in_flight == 64;
+    CaseResult::check(
+        ok,
+        "max_record_body 65536, session_lifetime_ms 3720000, idle_timeout_ms 90000; rate 100/s, burst 200, 64 in flight",
+        format!(
+            "max_record_body {}, session_lifetime_ms {}, idle_timeout_ms {}; rate {}/s, burst {}, {} in flight",
+            p.max_record_body, p.session_lifetime_ms, p.idle_timeout_ms, l.rate_per_sec, l.burst, l.max_in_flight
+        ),
+    )
+}
+
+// =====================================================================================
+// More cases: authorization
+// =====================================================================================
+
+async fn invalid_arguments(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let request = session.request(1, &call.tool, &encode_args(&serde_json::json!(42)));
+    let outcome = answer(&mut session, &request).await;
+    match &outcome {
+        Ok(Message::Response(_)) => CaseResult::skip(format!(
+            "the input schema of {} accepts an integer",
+            call.tool
+        )),
+        Ok(Message::Error(error)) => {
+            let reason = error.message.strip_prefix("invalid arguments: ");
+            let ok = error.code == ErrorCode::INVALID_ARGUMENT.0
+                && reason.is_some_and(|r| !r.is_empty() && r.len() <= 256);
+            CaseResult::check(
+                ok,
+                "ERROR INVALID_ARGUMENT (3) \"invalid arguments: <reason of at most 256 bytes>\"",
+                describe(&outcome),
+            )
+        }
+        _ => CaseResult::check(false, "ERROR INVALID_ARGUMENT (3)", describe(&outcome)),
+    }
+}
+
+async fn refusal_messages(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let secret_args = encode_args(&serde_json::json!({"secret": "hunter2-conformance"}));
+    let ungranted = session.request(1, "conformance-no-such-tool", &secret_args);
+    let (_, denied) =
+        expect_rpc_error(&mut session, &ungranted, ErrorCode::PERMISSION_DENIED).await;
+    let mut forged = session.request(2, &call.tool, &encode_args(&call.args));
+    if let Some(signature) = forged.signature.as_mut() {
+        signature[0] ^= 0x01;
+    }
+    let (_, unauthenticated) =
+        expect_rpc_error(&mut session, &forged, ErrorCode::UNAUTHENTICATED).await;
+    let denied = denied.map(|e| e.message).unwrap_or_default();
+    let unauthenticated = unauthenticated.map(|e| e.message).unwrap_or_default();
+    let signature_hex = forged
+        .signature
+        .as_deref()
+        .map(hex::encode)
+        .unwrap_or_default();
+    let leaks = [&denied, &unauthenticated].iter().any(|m| {
+        m.contains("hunter2")
+            || m.contains(&hex::encode(&secret_args))
+            || (!signature_hex.is_empty() && m.contains(&signature_hex[..16]))
+    });
+    let ok = denied == "tool not granted"
+        && unauthenticated == "envelope signature did not verify"
+        && !leaks;
+    CaseResult::check(
+        ok,
+        "\"tool not granted\"; \"envelope signature did not verify\"; no argument or signature bytes",
+        format!("{denied:?}; {unauthenticated:?}{}", if leaks { "; LEAKS request bytes" } else { "" }),
+    )
+}
+
+async fn grant_id_not_held(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let args = encode_args(&call.args);
+    let mut request = session.request(1, &call.tool, &args);
+    request.grant_id = Some("conformance-grant-not-held".to_owned());
+    let signature = target.identity.sign(&peer::request_signing_bytes(
+        &session.session_id,
+        1,
+        &call.tool,
+        &args,
+        "conformance-grant-not-held",
+    ));
+    request.signature = Some(signature.to_vec().into());
+    expect_rpc_error(&mut session, &request, ErrorCode::PERMISSION_DENIED)
+        .await
+        .0
+}
+
+async fn key_authority(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    match first_call(&target, &mut session, &grant, 1).await {
+        Ok((request, response)) => CaseResult::check(
+            request.grant_id.is_none(),
+            "RESPONSE without grant_id",
+            format!("RESPONSE ({} result bytes)", response.result.len()),
+        ),
+        Err(result) => result,
+    }
+}
+
+// =====================================================================================
+// More cases: at-most-once
+// =====================================================================================
+
+async fn established_resuming(
+    target: &ServerTarget,
+    identity: Identity,
+    lineage: Option<Vec<u8>>,
+) -> Result<(Session, CapGrant), CaseResult> {
+    let step = target.options.step;
+    let socket = peer::connect(&target.url, step)
+        .await
+        .map_err(precondition)?;
+    let mut params = HandshakeParams::new(identity, target.url.clone(), target.server_key);
+    params.lineage = lineage;
+    let mut session = Session::establish(socket, params, step)
+        .await
+        .map_err(precondition)?;
+    match session.next().await {
+        Ok(Message::CapGrant(grant)) => Ok((session, grant)),
+        other => Err(precondition(format!("first message {}", describe(&other)))),
+    }
+}
+
+async fn refused_not_recorded(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let good = session.request(9, &call.tool, &encode_args(&call.args));
+    let mut forged = good.clone();
+    if let Some(signature) = forged.signature.as_mut() {
+        signature[0] ^= 0x01;
+    }
+    let (refused, _) = expect_rpc_error(&mut session, &forged, ErrorCode::UNAUTHENTICATED).await;
+    if refused.verdict != Verdict::Pass {
+        return precondition(format!(
+            "the forged REQUEST was answered {}",
+            refused.observed
+        ));
+    }
+    let outcome = answer(&mut session, &good).await;
+    CaseResult::check(
+        matches!(outcome, Ok(Message::Response(_))),
+        "the signed REQUEST with the same id: RESPONSE",
+        describe(&outcome),
+    )
+}
+
+async fn stale_id(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let (request, _) = match first_call(&target, &mut session, &grant, 5000).await {
+        Ok(call) => call,
+        Err(result) => return result,
+    };
+    let old = session.request(1, &request.tool, &request.args);
+    expect_rpc_error(&mut session, &old, ErrorCode(100)).await.0
+}
+
+async fn resume_lineage(target: Arc<ServerTarget>) -> CaseResult {
+    let (mut first, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let (request, response) = match first_call(&target, &mut first, &grant, 11).await {
+        Ok(call) => call,
+        Err(result) => return result,
+    };
+    let lineage = first.session_id[..16].to_vec();
+    drop(first);
+    let (mut second, _) =
+        match established_resuming(&target, target.identity.clone(), Some(lineage)).await {
+            Ok(established) => established,
+            Err(result) => return result,
+        };
+    let mut again = second.request(11, &request.tool, &request.args);
+    again.retry = true;
+    let outcome = answer(&mut second, &again).await;
+    let expected = "RESPONSE with the first result bytes, signed for the new session";
+    let Ok(Message::Response(cached)) = &outcome else {
+        return CaseResult::check(false, expected, describe(&outcome));
+    };
+    let same = cached.result == response.result;
+    let verifies = cached
+        .signature
+        .as_ref()
+        .is_some_and(|s| second.verify_response(&again, &cached.result, s));
+    CaseResult::check(
+        same && verifies,
+        expected,
+        format!(
+            "RESPONSE with {} result bytes; signature {}",
+            if same { "the same" } else { "DIFFERENT" },
+            if verifies {
+                "verifies"
+            } else {
+                "DOES NOT verify"
+            }
+        ),
+    )
+}
+
+async fn recovered_lineage(target: Arc<ServerTarget>) -> CaseResult {
+    let mut lineage = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut lineage);
+    let (mut session, grant) = match established_resuming(
+        &target,
+        target.identity.clone(),
+        Some(lineage.to_vec()),
+    )
+    .await
+    {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let args = encode_args(&call.args);
+    let mut retried = session.request(3, &call.tool, &args);
+    retried.retry = true;
+    let first = answer(&mut session, &retried).await;
+    let second = answer(&mut session, &retried).await;
+    let fresh = session.request(4, &call.tool, &args);
+    let third = answer(&mut session, &fresh).await;
+    let is_101 = |outcome: &Result<Message, Ending>| matches!(outcome, Ok(Message::Error(error)) if error.code == 101);
+    CaseResult::check(
+        is_101(&first) && is_101(&second) && matches!(third, Ok(Message::Response(_))),
+        "id 3 retried: RESULT_UNAVAILABLE (101) twice; id 4: RESPONSE",
+        format!(
+            "{}; {}; {}",
+            describe(&first),
+            describe(&second),
+            describe(&third)
+        ),
+    )
+}
+
+async fn other_client_lineage(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(other) = target.options.other_identity.clone() else {
+        return CaseResult::skip("needs a second client identity the server allows");
+    };
+    let (mut first, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let (request, _) = match first_call(&target, &mut first, &grant, 21).await {
+        Ok(call) => call,
+        Err(result) => return result,
+    };
+    let lineage = first.session_id[..16].to_vec();
+    drop(first);
+    let (mut second, _) = match established_resuming(&target, other, Some(lineage)).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let mut again = second.request(21, &request.tool, &request.args);
+    again.retry = true;
+    let outcome = answer(&mut second, &again).await;
+    CaseResult::check(
+        matches!(&outcome, Ok(Message::Error(error)) if error.code == 101),
+        "ERROR RESULT_UNAVAILABLE (101), not the first client's result",
+        describe(&outcome),
+    )
+}
+
+async fn cancel_in_flight(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(call) = target.options.slow_call.clone() else {
+        return CaseResult::skip("needs a slow call (--slow-tool)");
+    };
+    let (mut session, _) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let request = session.request(31, &call.tool, &encode_args(&call.args));
+    session.send(&Message::Request(request.clone())).await;
+    // Let the server admit it, then cancel.
+    let _ = session.collect_for(Duration::from_millis(100)).await;
+    session.send(&Message::Cancel(Cancel { id: 31 })).await;
+    let mut answers = Vec::new();
+    let wait = target.options.step.max(Duration::from_secs(3));
+    match session.collect_for(wait).await {
+        Ok(messages) => {
+            for message in messages {
+                match message {
+                    Message::Response(r) if r.id == 31 => answers.push("RESPONSE".to_owned()),
+                    Message::StreamItem(i) if i.id == 31 => answers.push("STREAM_ITEM".to_owned()),
+                    Message::Error(e) if e.id == Some(31) => {
+                        answers.push(format!("ERROR {} {:?}", e.code, e.message));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(ending) => return CaseResult::check(false, "ERROR CANCELLED (1)", ending.to_string()),
+    }
+    let retry = answer(&mut session, &request).await;
+    let ok = answers == ["ERROR 1 \"cancelled\""]
+        && matches!(&retry, Ok(Message::Error(e)) if e.code == 1);
+    CaseResult::check(
+        ok,
+        "exactly one answer, ERROR 1 \"cancelled\"; the retried id: ERROR CANCELLED (1)",
+        format!("answers {answers:?}; retried: {}", describe(&retry)),
+    )
+}
+
+async fn in_flight_cap(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(call) = target.options.slow_call.clone() else {
+        return CaseResult::skip("needs a slow call (--slow-tool)");
+    };
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let cap = u64::from(grant.limits.max_in_flight);
+    if cap == 0 || cap > 256 {
+        return CaseResult::skip(format!("max_in_flight {cap}"));
+    }
+    let args = encode_args(&call.args);
+    for id in 0..cap {
+        let request = session.request(100 + id, &call.tool, &args);
+        session.send(&Message::Request(request)).await;
+    }
+    let extra = session.request(100 + cap, &call.tool, &args);
+    session.send(&Message::Request(extra)).await;
+    let mut refusal = None;
+    let deadline = Instant::now() + target.options.step;
+    while refusal.is_none() && Instant::now() < deadline {
+        match session.next().await {
+            Ok(Message::Error(error)) if error.id == Some(100 + cap) => refusal = Some(error),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    for id in 0..=cap {
+        session
+            .send(&Message::Cancel(Cancel { id: 100 + id }))
+            .await;
+    }
+    let ok = refusal.as_ref().is_some_and(|e| {
+        e.code == ErrorCode::RESOURCE_EXHAUSTED.0
+            && e.message == "too many calls in flight"
+            && e.retry_after_ms.is_some()
+            && (!target.options.default_limits || e.retry_after_ms == Some(100))
+    });
+    CaseResult::check(
+        ok,
+        format!(
+            "REQUEST {}: RESOURCE_EXHAUSTED (8) \"too many calls in flight\", retry_after_ms 100",
+            cap + 1
+        ),
+        refusal.map_or_else(
+            || "no refusal".to_owned(),
+            |e| {
+                format!(
+                    "ERROR {} {:?} retry_after_ms {:?}",
+                    rpc_name(e.code),
+                    e.message,
+                    e.retry_after_ms
+                )
+            },
+        ),
+    )
+}
+
+// =====================================================================================
+// Floods
+// =====================================================================================
+
+async fn lineage_quota(target: Arc<ServerTarget>) -> CaseResult {
+    if !target.options.floods {
+        return CaseResult::skip("flood cases disabled");
+    }
+    let mut oldest: Option<(Vec<u8>, Request)> = None;
+    for index in 0..17 {
+        let (mut session, grant) = match established(&target).await {
+            Ok(established) => established,
+            Err(result) => return result,
+        };
+        let (request, _) = match first_call(&target, &mut session, &grant, 1).await {
+            Ok(call) => call,
+            Err(result) => return result.with_detail(format!("lineage {index}")),
+        };
+        if oldest.is_none() {
+            oldest = Some((session.session_id[..16].to_vec(), request));
+        }
+    }
+    let Some((lineage, request)) = oldest else {
+        return CaseResult::harness_error("no lineage");
+    };
+    let (mut session, _) =
+        match established_resuming(&target, target.identity.clone(), Some(lineage)).await {
+            Ok(established) => established,
+            Err(result) => return result,
+        };
+    let mut again = session.request(1, &request.tool, &request.args);
+    again.retry = true;
+    let outcome = answer(&mut session, &again).await;
+    CaseResult::check(
+        matches!(&outcome, Ok(Message::Error(error)) if error.code == 101),
+        "ERROR RESULT_UNAVAILABLE (101): the oldest of 17 lineages was dropped",
+        describe(&outcome),
+    )
+}
+
+async fn preauth_limit(target: Arc<ServerTarget>) -> CaseResult {
+    if !target.options.floods {
+        return CaseResult::skip("flood cases disabled");
+    }
+    if !target.options.default_limits {
+        return CaseResult::skip("the server is configured with other limits");
+    }
+    let step = target.options.step;
+    let mut held = Vec::new();
+    for index in 0..64 {
+        match peer::upgrade(&target.url, None, Some(SUBPROTOCOL), step).await {
+            Upgrade::Accepted { socket, .. } => held.push(socket),
+            other => {
+                return precondition(format!("upgrade {} of 64: {}", index + 1, other.describe()))
+            }
+        }
+    }
+    let extra = peer::upgrade(&target.url, None, Some(SUBPROTOCOL), step).await;
+    drop(held);
+    // Give the server a moment to release the slots before the next case.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match peer::upgrade(&target.url, None, Some(SUBPROTOCOL), step).await {
+            Upgrade::Refused(429) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => break,
+        }
+    }
+    CaseResult::check(
+        matches!(extra, Upgrade::Refused(429)),
+        "the 65th upgrade: HTTP 429",
+        extra.describe(),
+    )
+}
+
+async fn rate_limit(target: Arc<ServerTarget>) -> CaseResult {
+    if !target.options.floods {
+        return CaseResult::skip("flood cases disabled");
+    }
+    let (mut session, _) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    const FLOOD: u64 = 260;
+    let started = Instant::now();
+    let args = encode_args(&serde_json::json!({}));
+    for id in 0..FLOOD {
+        let request = session.request(id, "conformance-no-such-tool", &args);
+        session.send(&Message::Request(request)).await;
+    }
+    let (mut denied, mut exhausted, mut other) = (0u64, Vec::new(), Vec::new());
+    while denied + (exhausted.len() as u64) + (other.len() as u64) < FLOOD {
+        match session.next().await {
+            Ok(Message::Error(error)) if error.id.is_some() => {
+                if error.code == ErrorCode::PERMISSION_DENIED.0 {
+                    denied += 1;
+                } else if error.code == ErrorCode::RESOURCE_EXHAUSTED.0 {
+                    exhausted.push(error);
+                } else {
+                    other.push(format!("ERROR {}", error.code));
+                }
+            }
+            Ok(_) => {}
+            Err(ending) => {
+                other.push(ending.to_string());
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let hinted = exhausted
+        .iter()
+        .all(|e| e.retry_after_ms.is_some_and(|ms| ms > 0) && e.message == "rate limit exceeded");
+    let observed = format!(
+        "{denied} PERMISSION_DENIED, {} RESOURCE_EXHAUSTED{}, {} other, in {elapsed:.2} s",
+        exhausted.len(),
+        if hinted {
+            " (all with retry_after_ms)"
+        } else {
+            " (SOME WITHOUT retry_after_ms or with another message)"
+        },
+        other.len()
+    );
+    let expected = "PERMISSION_DENIED while the budget lasts, then RESOURCE_EXHAUSTED \"rate limit exceeded\" with retry_after_ms";
+    // With a burst of 200 and 100/s, at most 200 + 100 * elapsed (+1) are admitted.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bound = 201 + (100.0 * elapsed).ceil() as u64;
+    if exhausted.is_empty() && denied <= bound {
+        return CaseResult::new(
+            Verdict::Info,
+            expected,
+            observed,
+            "the flood was slower than the budget: nothing to judge",
+        );
+    }
+    CaseResult::check(
+        !exhausted.is_empty() && hinted && other.is_empty() && denied <= bound,
+        expected,
+        observed,
+    )
 }

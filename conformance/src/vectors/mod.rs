@@ -64,7 +64,7 @@ pub fn cases() -> Vec<VectorCase> {
         Case {
             id: "vectors.record",
             clauses: &[
-                "REC-001", "REC-002", "REC-006", "REC-007", "REC-008", "REC-020", "REC-021",
+                "REC-001", "REC-002", "REC-006", "REC-007", "REC-008", "REC-009", "KS-004", "REC-020", "REC-021",
                 "REC-022", "REC-023", "REC-024", "REC-025", "REC-026", "REC-027", "REC-028",
                 "REC-032",
             ],
@@ -92,7 +92,7 @@ pub fn cases() -> Vec<VectorCase> {
         Case {
             id: "vectors.grant",
             clauses: &[
-                "GRT-002", "GRT-011", "GRT-017", "GRT-018", "GRT-019", "GRT-020", "GRT-021",
+                "GRT-002", "GRT-007", "GRT-011", "GRT-017", "GRT-018", "GRT-019", "GRT-020", "GRT-021",
                 "GRT-022", "GRT-024", "GRT-025", "GRT-026", "GRT-027", "GRT-028", "GRT-029",
                 "GRT-030", "GRT-031", "GRT-032", "GRT-033",
             ],
@@ -102,7 +102,7 @@ pub fn cases() -> Vec<VectorCase> {
         Case {
             id: "vectors.messages",
             clauses: &[
-                "MSG-001", "MSG-002", "MSG-003", "CNV-001", "CNV-006", "CNV-007", "CNV-008",
+                "MSG-001", "MSG-002", "MSG-003", "CNV-001", "CNV-002", "CNV-006", "CNV-007", "CNV-008",
                 "CNV-009", "CNV-011", "CNV-012", "CNV-013",
             ],
             description: "messages.json: canonical encodings of every kind; invalid encodings refused with PROTOCOL_VIOLATION; lenient ones as the reference.",

@@ -16,8 +16,16 @@ use toolwire_server::{DangerousServerBuilder, Server, ServerBuilder, Tool};
 pub struct RunningServer {
     pub url: String,
     pub server_key: IdentityKey,
-    /// The identity the server allows (echo and counter only).
+    /// The identity the server allows (echo, counter and slow only).
     pub client: Identity,
+    /// A second identity the server allows.
+    pub other: Identity,
+    /// The server's identity (its secret must never appear in the audit log).
+    pub identity: Identity,
+    /// The server's audit log.
+    pub audit_log: std::path::PathBuf,
+    /// The server, for a graceful shutdown.
+    pub server: Server,
     serving: tokio::task::JoinHandle<()>,
 }
 
@@ -46,6 +54,15 @@ fn tools() -> Vec<Tool> {
             },
         ),
         Tool::new(
+            "slow",
+            "Takes two seconds.",
+            serde_json::json!({"type": "object"}),
+            |_, _| async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(serde_json::json!("slow"))
+            },
+        ),
+        Tool::new(
             "admin",
             "Not granted to the conformance identity.",
             serde_json::json!({"type": "object"}),
@@ -64,9 +81,19 @@ pub async fn start(
     let url = format!("ws://{}/toolwire", listener.local_addr().expect("address"));
     let identity = Identity::generate(&mut rand_core::OsRng);
     let client = Identity::generate(&mut rand_core::OsRng);
+    let other = Identity::generate(&mut rand_core::OsRng);
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let audit_log = std::env::temp_dir().join(format!(
+        "toolwire-conformance-audit-{}-{}.jsonl",
+        std::process::id(),
+        STARTS.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&audit_log);
     let mut builder: ServerBuilder = Server::builder(identity.clone(), url.clone())
-        .allow_client_tools(client.public_key(), ["echo", "counter"])
-        .allow_origin("https://app.conformance.invalid");
+        .allow_client_tools(client.public_key(), ["echo", "counter", "slow"])
+        .allow_client_tools(other.public_key(), ["echo", "counter"])
+        .allow_origin("https://app.conformance.invalid")
+        .audit_log(audit_log.clone());
     for tool in tools() {
         builder = builder.tool(tool);
     }
@@ -74,15 +101,27 @@ pub async fn start(
         .done()
         .build()
         .expect("server configuration");
+    let serving_server = server.clone();
     let serving = tokio::spawn(async move {
-        let _ = server.serve_listener(listener).await;
+        let _ = serving_server.serve_listener(listener).await;
     });
     RunningServer {
         url,
         server_key: identity.public_key(),
         client,
+        other,
+        identity,
+        audit_log,
+        server,
         serving,
     }
+}
+
+/// The options the suite runs with against `server`.
+pub fn options_for(server: &RunningServer) -> ServerOptions {
+    let mut options = options();
+    options.other_identity = Some(server.other.clone());
+    options
 }
 
 /// The options the suite runs with against this server.
@@ -91,6 +130,11 @@ pub fn options() -> ServerOptions {
     options.ungranted_tool = Some("admin".to_owned());
     options.call = Some(ToolCall {
         tool: "counter".to_owned(),
+        args: serde_json::json!({}),
+    });
+    options.allowed_origin = Some("https://app.conformance.invalid".to_owned());
+    options.slow_call = Some(ToolCall {
+        tool: "slow".to_owned(),
         args: serde_json::json!({}),
     });
     options.step = Duration::from_secs(5);

@@ -1,0 +1,303 @@
+//! The shim contract of client mode (BoringSSL BoGo style), and the shim of our own
+//! client.
+//!
+//! In client mode the suite plays the server and runs the client under test once per
+//! case as a command, `SHIM --url URL --server-key KEY --identity-file FILE --case
+//! NAME --tool TOOL --args-hex HEX --calls N`:
+//!
+//! - connect to `--url` (a `ws://127.0.0.1:PORT/toolwire` URL the suite listens on),
+//!   pinning `--server-key` (text form, ID-006), as the identity in `--identity-file`
+//!   (the identity file format of `toolwire keygen`);
+//! - call `--tool` with the msgpack argument bytes `--args-hex`, `--calls` times in a
+//!   row on the one connection (each call a new request id), stopping at the first
+//!   failure; then close the session normally;
+//! - print as the **last line of stdout** one JSON object, [`ShimReport`]:
+//!   `{"outcome":"result","calls_completed":1,"result_hex":"81a1…"}` or
+//!   `{"outcome":"error","calls_completed":0,"error":"connection_closed","close_code":4003}`;
+//! - exit 0 when every call returned a result, [`EXIT_UNIMPLEMENTED`] (89) when the
+//!   shim does not implement something the case needs (`--case` names it), any other
+//!   status after a failure.
+//!
+//! `error` is one of the typed errors of [`ERRORS`]; `close_code` is the close code
+//! the client reports (the one it closed with, or the peer's CLOSE code), `rpc_code`
+//! the RPC error code of an ERROR answer. `--case` is informational: a shim never
+//! needs it to behave correctly, only to answer 89 for features it lacks.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+use toolwire_client::{CallError, CallOptions, Client, ClientBuilder, ConnectError};
+use toolwire_protocol::{Identity, IdentityKey};
+
+/// Exit status of a shim that does not implement what the case needs.
+pub const EXIT_UNIMPLEMENTED: i32 = 89;
+
+/// The typed errors a shim reports in [`ShimReport::error`].
+pub const ERRORS: &[&str] = &[
+    "handshake_failed",  // the handshake failed (close_code: the code closed with)
+    "closed",            // the connection closed during connect (close_code)
+    "connection_closed", // the connection closed before a call was answered (close_code)
+    "bad_manifest",      // the server's manifest did not verify (MAN-004..MAN-006)
+    "subprotocol_not_accepted", // the upgrade did not select toolwire.v1 (TRN-019)
+    "websocket",         // TCP or the WebSocket upgrade failed
+    "timeout",           // connect timed out
+    "rpc",               // the server answered the call with an ERROR (rpc_code)
+    "bad_response_signature", // the RESPONSE signature is absent or wrong (ENV-007)
+    "manifest_changed",  // the tool's definition changed (MAN-011)
+    "not_granted",       // the tool is not granted to the session
+    "deadline_exceeded", // the call's deadline passed
+    "other",             // anything else
+];
+
+/// One run of the shim: what the suite asks the client under test to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimInvocation {
+    /// The URL to dial.
+    pub url: String,
+    /// The server identity key to pin.
+    pub server_key: IdentityKey,
+    /// The identity file of the client.
+    pub identity_file: PathBuf,
+    /// The case id (informational).
+    pub case: String,
+    /// The tool to call.
+    pub tool: String,
+    /// The msgpack argument bytes.
+    pub args: Vec<u8>,
+    /// How many calls to make in a row (0: connect only).
+    pub calls: u32,
+}
+
+impl ShimInvocation {
+    /// The command-line flags of this invocation.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--url".into(),
+            self.url.clone(),
+            "--server-key".into(),
+            self.server_key.to_string(),
+            "--identity-file".into(),
+            self.identity_file.display().to_string(),
+            "--case".into(),
+            self.case.clone(),
+            "--tool".into(),
+            self.tool.clone(),
+            "--args-hex".into(),
+            hex::encode(&self.args),
+            "--calls".into(),
+            self.calls.to_string(),
+        ]
+    }
+
+    /// Parses the flags of [`to_args`](Self::to_args) (any order).
+    ///
+    /// # Errors
+    /// A missing, unknown or invalid flag.
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut url = None;
+        let mut server_key = None;
+        let mut identity_file = None;
+        let mut case = String::new();
+        let mut tool = None;
+        let mut args_hex = String::new();
+        let mut calls = 1u32;
+        let mut iter = args.iter();
+        while let Some(flag) = iter.next() {
+            let value = iter
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value"))?
+                .clone();
+            match flag.as_str() {
+                "--url" => url = Some(value),
+                "--server-key" => {
+                    server_key = Some(
+                        value
+                            .parse::<IdentityKey>()
+                            .map_err(|e| format!("--server-key: {e}"))?,
+                    );
+                }
+                "--identity-file" => identity_file = Some(PathBuf::from(value)),
+                "--case" => case = value,
+                "--tool" => tool = Some(value),
+                "--args-hex" => args_hex = value,
+                "--calls" => calls = value.parse().map_err(|e| format!("--calls: {e}"))?,
+                other => return Err(format!("unknown flag {other}")),
+            }
+        }
+        Ok(Self {
+            url: url.ok_or("--url is required")?,
+            server_key: server_key.ok_or("--server-key is required")?,
+            identity_file: identity_file.ok_or("--identity-file is required")?,
+            case,
+            tool: tool.unwrap_or_else(|| "echo".to_owned()),
+            args: hex::decode(&args_hex).map_err(|e| format!("--args-hex: {e}"))?,
+            calls,
+        })
+    }
+}
+
+/// The machine-readable last line of a shim's stdout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimReport {
+    /// `result`, `error` or `unimplemented`.
+    pub outcome: String,
+    /// Calls that returned a result before the end.
+    #[serde(default)]
+    pub calls_completed: u32,
+    /// The result bytes of the last call, hex (outcome `result`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_hex: Option<String>,
+    /// The typed error (one of [`ERRORS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The close code the client reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+    /// The RPC error code of an ERROR answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_code: Option<u32>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl ShimReport {
+    fn error(error: &str, calls_completed: u32, detail: String) -> Self {
+        Self {
+            outcome: "error".into(),
+            calls_completed,
+            error: Some(error.into()),
+            detail,
+            ..Self::default()
+        }
+    }
+
+    /// The exit status a shim ends with after this report.
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome.as_str() {
+            "result" => 0,
+            "unimplemented" => EXIT_UNIMPLEMENTED,
+            _ => 1,
+        }
+    }
+
+    /// The report as its one JSON line.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{\"outcome\":\"error\"}".into())
+    }
+
+    /// One line for a case's observed result: `result (1 call)`,
+    /// `error connection_closed close 4003`.
+    pub fn describe(&self) -> String {
+        let mut out = self.outcome.clone();
+        if let Some(error) = &self.error {
+            out.push(' ');
+            out.push_str(error);
+        }
+        if let Some(code) = self.close_code {
+            out.push_str(&format!(" close {code}"));
+        }
+        if let Some(code) = self.rpc_code {
+            out.push_str(&format!(" rpc {code}"));
+        }
+        out.push_str(&format!(" after {} call(s)", self.calls_completed));
+        out
+    }
+}
+
+fn connect_error(error: &ConnectError) -> ShimReport {
+    let (name, code) = match error {
+        ConnectError::Handshake { code, .. } => ("handshake_failed", Some(code.0)),
+        ConnectError::Closed { code, .. } => ("closed", Some(code.0)),
+        ConnectError::BadManifest => ("bad_manifest", None),
+        ConnectError::SubprotocolNotAccepted => ("subprotocol_not_accepted", None),
+        ConnectError::WebSocket(_) => ("websocket", None),
+        ConnectError::Timeout => ("timeout", None),
+        _ => ("other", None),
+    };
+    let mut report = ShimReport::error(name, 0, error.to_string());
+    report.close_code = code;
+    report
+}
+
+fn call_error(error: &CallError, completed: u32) -> ShimReport {
+    let (name, close, rpc) = match error {
+        CallError::Rpc { code, .. } => ("rpc", None, Some(code.0)),
+        CallError::ConnectionClosed { code } => ("connection_closed", Some(code.0), None),
+        CallError::BadResponseSignature => ("bad_response_signature", None, None),
+        CallError::ManifestChanged { .. } => ("manifest_changed", None, None),
+        CallError::NotGranted { .. } => ("not_granted", None, None),
+        CallError::DeadlineExceeded => ("deadline_exceeded", None, None),
+        _ => ("other", None, None),
+    };
+    let mut report = ShimReport::error(name, completed, error.to_string());
+    report.close_code = close;
+    report.rpc_code = rpc;
+    report
+}
+
+/// How long one call of the reference shim may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shim of our own client (`toolwire-client`): does what `invocation` asks and
+/// reports it. Used by `toolwire conformance shim` and by the in-process client mode.
+pub async fn run_reference(invocation: &ShimInvocation) -> ShimReport {
+    run_with_builder(invocation, Client::builder()).await
+}
+
+/// [`run_reference`] with a client configured by `builder` (identity and pinned key
+/// are added): for tests that run the suite against a deliberately weakened client.
+pub async fn run_with_builder(invocation: &ShimInvocation, builder: ClientBuilder) -> ShimReport {
+    let text = match std::fs::read_to_string(&invocation.identity_file) {
+        Ok(text) => text,
+        Err(error) => {
+            return ShimReport::error(
+                "other",
+                0,
+                format!("{}: {error}", invocation.identity_file.display()),
+            )
+        }
+    };
+    let identity = match Identity::from_file_text(&text) {
+        Ok(identity) => identity,
+        Err(error) => return ShimReport::error("other", 0, format!("identity file: {error}")),
+    };
+    let session = match builder
+        .identity(identity)
+        .pin_server(invocation.server_key)
+        .connect(&invocation.url)
+        .await
+    {
+        Ok(session) => session,
+        Err(error) => return connect_error(&error),
+    };
+    let mut last = Vec::new();
+    for completed in 0..invocation.calls {
+        match session
+            .call_raw(
+                &invocation.tool,
+                invocation.args.clone(),
+                CallOptions::with_timeout(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(result) => last = result,
+            Err(error) => {
+                let mut report = call_error(&error, completed);
+                if report.close_code.is_none() {
+                    report.close_code = session.close_code().map(|c| c.0);
+                }
+                return report;
+            }
+        }
+    }
+    session.close();
+    // Give the connection task a moment to send the CLOSE record.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ShimReport {
+        outcome: "result".into(),
+        calls_completed: invocation.calls,
+        result_hex: Some(hex::encode(last)),
+        ..ShimReport::default()
+    }
+}
