@@ -85,10 +85,25 @@
 //!    dropped; when nothing can be dropped, the request is refused with UNAVAILABLE
 //!    ([`Admission::Overloaded`]) and nothing is recorded. A dropped lineage is
 //!    unknown again (rule 2).
-//! 9. **Refusals do not consume ids (AMO-018).** A request refused by an earlier
+//! 9. **Another call under the same id (AMO-019).** With
+//!    [`AtMostOnceStore::admit_call`], the table keeps the [`CallFingerprint`] (tool,
+//!    argument bytes, grant id) of each id in flight and of each cached outcome; a
+//!    copy whose fingerprint differs is [`Admission::Mismatch`], answered
+//!    FAILED_PRECONDITION, instead of rules 4.1 and 4.2.
+//! 10. **Refusals do not consume ids (AMO-018).** A request refused by an earlier
 //!    authorization step ([`crate::authz`]) never reaches the table, so its id is not
 //!    recorded and the client may send it again (with `retry` false if it never
 //!    reached the server on an earlier connection).
+//!
+//! # Persistence (AMO-035..AMO-039)
+//!
+//! The table does no I/O. A durable store turns journaling on
+//! ([`AtMostOnceTable::with_journal`]), writes the [`AmoChange`]s of each operation
+//! ([`AtMostOnceTable::take_changes`]) before acting on its result (an
+//! [`Admission::Execute`] only once its `IdRecorded` is durable, an outcome only once
+//! its `OutcomeCached` is), and rebuilds the table after a restart with
+//! [`AtMostOnceTable::restore`]: ids that were in flight come back recorded without
+//! outcome, so their retries are answered RESULT_UNAVAILABLE and never executed.
 //!
 //! # Driver pattern
 //!
