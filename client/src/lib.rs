@@ -29,6 +29,7 @@
 
 mod builder;
 mod error;
+mod events;
 mod link;
 mod reconnect;
 mod session;

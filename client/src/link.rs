@@ -133,7 +133,9 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let final_event = match connect(&dial).await {
             Ok(socket) => {
+                let security = crate::events::SecurityLog::opened(&socket);
                 let driver = Driver {
+                    security,
                     link,
                     socket,
                     connection: Connection::client(
@@ -239,12 +241,19 @@ struct Driver {
     handshake_error: Option<toolwire_protocol::Error>,
     /// Why the link failed before it was ready, when that is not a close code.
     failed: Option<ConnectError>,
+    /// Security events and counters of this connection (`events.rs`).
+    security: crate::events::SecurityLog,
 }
 
 impl Driver {
     /// Runs until the connection is closed; returns the final event.
     async fn run(mut self) -> LinkEvent {
         let code = self.run_until_closed().await;
+        let side = self
+            .connection
+            .close_code()
+            .map_or(Side::Remote, |(_, side)| side);
+        self.security.closed(code, side);
         tracing::debug!(link = self.link, %code, "toolwire client connection closed");
         if self.ready {
             return LinkEvent::Closed { code };
@@ -335,6 +344,7 @@ impl Driver {
     /// [`WRITE_STALL_TIMEOUT`] (LIM-004).
     async fn flush(&mut self) -> Result<(), CloseCode> {
         while let Some(record) = self.connection.poll_transmit() {
+            self.security.record_out(record.len());
             let send = self.socket.send(WsMessage::Binary(record.into()));
             match tokio::time::timeout(WRITE_STALL_TIMEOUT, send).await {
                 Ok(Ok(())) => {}
@@ -359,6 +369,7 @@ impl Driver {
     fn handle_frame(&mut self, frame: Option<Result<WsMessage, WsError>>) -> Option<CloseCode> {
         match frame {
             Some(Ok(WsMessage::Binary(bytes))) => {
+                self.security.record_in(&bytes);
                 if let Err(error) = self.connection.handle_record(Instant::now(), &bytes) {
                     if self.session.is_none() {
                         self.handshake_error = Some(error);
@@ -376,7 +387,16 @@ impl Driver {
                 }))
             }
             Some(Ok(_)) => None,
-            Some(Err(WsError::Capacity(_))) => {
+            Some(Err(WsError::Capacity(capacity))) => {
+                let length = match capacity {
+                    tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
+                        size,
+                        ..
+                    } => Some(size),
+                    _ => None,
+                };
+                let limit = HEADER_LEN + self.config.limits().max_record_body;
+                self.security.oversize_frame(length, limit);
                 self.connection.close(CloseCode::MESSAGE_TOO_BIG, "");
                 None
             }
@@ -461,6 +481,7 @@ impl Driver {
         }
         match self.connection.send(Instant::now(), message) {
             Ok(()) => {
+                self.security.call_sent();
                 self.request_hashes.insert(id, request_hash);
             }
             Err(toolwire_protocol::Error::Local(error)) => {
@@ -474,6 +495,7 @@ impl Driver {
 
     fn drain_events(&mut self) {
         while let Some(event) = self.connection.poll_event() {
+            self.security.observe(&event);
             match event {
                 Event::Established(session) => {
                     let announced = Duration::from_millis(session.params.session_lifetime_ms);
@@ -562,6 +584,7 @@ impl Driver {
                 message,
                 retry_after_ms,
             }) if self.request_hashes.remove(&id).is_some() => {
+                self.security.call_refused();
                 self.answer(
                     id,
                     Err(CallError::Rpc {
@@ -573,7 +596,9 @@ impl Driver {
             }
             Message::Error(ErrorMessage { id: Some(_), .. }) => {}
             Message::Error(error) => {
-                tracing::warn!(code = %error.error_code(), message = %error.message, "toolwire server reported a connection error")
+                // EVT-005: the message is the server's text, escaped and bounded.
+                let message = toolwire_protocol::events::PeerText::new(&error.message);
+                tracing::warn!(code = %error.error_code(), %message, "toolwire server reported a connection error")
             }
             _ => {}
         }

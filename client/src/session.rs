@@ -140,7 +140,7 @@ impl Shared {
             .collect();
         for name in changed {
             if self.changed.insert(name.clone()) {
-                tracing::warn!(tool = %name, event = "manifest_changed", "toolwire tool definition changed since it was approved");
+                crate::events::manifest_changed(&name, self.session_id, self.server_key);
             }
         }
     }

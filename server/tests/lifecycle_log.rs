@@ -119,6 +119,26 @@ async fn a_session_logs_open_handshake_decisions_and_close_with_counts() {
     assert!(number(closed, "bytes_in") > 5 * 16);
     assert!(number(closed, "bytes_out") > 4 * 16);
     assert_eq!(closed.level, tracing::Level::INFO);
+
+    // The client logs the same vocabulary with role = client.
+    let client_closed = capture.wait_events("client", "connection_closed", 1).await;
+    let client_closed = &client_closed[0];
+    assert_eq!(client_closed.field_names(), closed.field_names());
+    assert_eq!(client_closed.field("close_code"), "1000");
+    assert_eq!(client_closed.field("side"), "local");
+    assert_eq!(number(client_closed, "calls"), 2);
+    assert_eq!(number(client_closed, "records_out"), 5);
+    assert_eq!(number(client_closed, "records_in"), 4);
+    let client_handshake = capture.events_of("client", "handshake_ok");
+    assert_eq!(client_handshake.len(), 1);
+    assert_eq!(client_handshake[0].field("session_id"), hex(&session_id));
+    assert_eq!(
+        client_handshake[0].field("peer_key"),
+        server.server_key.to_string()
+    );
+    let client_opened = capture.events_of("client", "connection_opened");
+    assert_eq!(client_opened.len(), 1);
+    assert_eq!(client_opened[0].field("peer_addr"), server.addr.to_string());
 }
 
 // EVT-001, EVT-002
@@ -162,7 +182,10 @@ async fn denials_are_logged_with_their_event_and_counted_at_close() {
     assert_eq!(denial[0].field("tool"), "ticker");
     assert_eq!(denial[0].field("request_id"), "2");
     let decisions = capture.events_of("server", "authz_decision");
-    assert_eq!(decisions[1].field("decision"), "Refused(PERMISSION_DENIED(7))");
+    assert_eq!(
+        decisions[1].field("decision"),
+        "Refused(PERMISSION_DENIED(7))"
+    );
     assert_eq!(decisions[1].field("refused_at"), "granted");
     assert_eq!(number(&closed[0], "calls"), 2);
     assert_eq!(number(&closed[0], "denials"), 1);
