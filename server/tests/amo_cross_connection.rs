@@ -42,13 +42,15 @@ impl Gate {
             "gate",
             "Waits until the test opens the gate.",
             serde_json::json!({"type": "object"}),
-            move |_, _| {
+            move |args: serde_json::Value, _| {
                 let gate = gate.clone();
                 let run = gate.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                let crash = args.get("crash") == Some(&serde_json::json!(true));
                 async move {
                     if let Ok(permit) = gate.permits.acquire().await {
                         permit.forget();
                     }
+                    assert!(!crash, "the gate tool crashed as asked");
                     gate.completed.fetch_add(1, Ordering::SeqCst);
                     Ok(serde_json::json!({"run": run}))
                 }
@@ -316,5 +318,44 @@ async fn a_cancel_on_another_connection_stops_the_running_call() {
     first.expect_silence(QUIET).await;
     second.expect_silence(QUIET).await;
     assert_eq!(gate.completed.load(Ordering::SeqCst), 0);
+    assert_eq!(gate.runs(), 1);
+}
+
+/// Clauses: AMO-026, AMO-011, AMO-014 — the running call's handler crashes while a
+/// copy waits on another connection: the call has no known outcome, so the waiting
+/// copy is answered RESULT_UNAVAILABLE (never left waiting, never run again), and so
+/// is a later retry.
+#[tokio::test]
+async fn a_copy_waiting_for_a_crashed_call_is_answered_result_unavailable() {
+    let gate = Gate::new();
+    let server = start(&gate).await;
+    let (mut first, _) = server.raw_session(&server.agent, Vec::new()).await;
+    let args = serde_json::json!({"crash": true});
+    first
+        .send(Message::Request(first.request(8, "gate", &args)))
+        .await;
+    gate.wait_runs(1).await;
+    let mut second = resume(&server, lineage_of(&first)).await;
+    second
+        .send(Message::Request(retry_of(&second, 8, &args)))
+        .await;
+    second.expect_silence(QUIET).await;
+
+    gate.open();
+    assert_eq!(
+        first.expect_error(8).await.error_code(),
+        ErrorCode::INTERNAL
+    );
+    assert_eq!(
+        second.expect_error(8).await.error_code(),
+        ErrorCode::RESULT_UNAVAILABLE
+    );
+    second
+        .send(Message::Request(retry_of(&second, 8, &args)))
+        .await;
+    assert_eq!(
+        second.expect_error(8).await.error_code(),
+        ErrorCode::RESULT_UNAVAILABLE
+    );
     assert_eq!(gate.runs(), 1);
 }
