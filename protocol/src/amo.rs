@@ -91,9 +91,9 @@
 //!    copy whose fingerprint differs is [`Admission::Mismatch`], answered
 //!    FAILED_PRECONDITION, instead of rules 4.1 and 4.2.
 //! 10. **Refusals do not consume ids (AMO-018).** A request refused by an earlier
-//!    authorization step ([`crate::authz`]) never reaches the table, so its id is not
-//!    recorded and the client may send it again (with `retry` false if it never
-//!    reached the server on an earlier connection).
+//!     authorization step ([`crate::authz`]) never reaches the table, so its id is not
+//!     recorded and the client may send it again (with `retry` false if it never
+//!     reached the server on an earlier connection).
 //!
 //! # Persistence (AMO-035..AMO-039)
 //!
