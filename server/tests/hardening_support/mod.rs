@@ -209,6 +209,15 @@ pub(crate) async fn good_client_calls(
     session: &toolwire_client::Session,
     count: usize,
 ) -> Latencies {
+    good_client_calls_paced(session, count, Duration::ZERO).await
+}
+
+/// [`good_client_calls`] with `pause` between calls (to stay within a rate budget).
+pub(crate) async fn good_client_calls_paced(
+    session: &toolwire_client::Session,
+    count: usize,
+    pause: Duration,
+) -> Latencies {
     let mut samples = Vec::with_capacity(count);
     for index in 0..count {
         let text = format!("good {index}");
@@ -222,6 +231,9 @@ pub(crate) async fn good_client_calls(
         .unwrap_or_else(|error| panic!("good call {index} failed: {error}"));
         samples.push(started.elapsed());
         assert_eq!(answer["text"], text);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
     Latencies::of(samples)
 }
