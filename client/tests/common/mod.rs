@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use toolwire_client::{Client, ClientBuilder, ReconnectPolicy, Session};
 use toolwire_server::protocol::{Identity, IdentityKey};
-use toolwire_server::{Limits, Server, ServerBuilder, Tool};
+use toolwire_server::{BuildError, Limits, Server, ServerBuilder, Tool};
 
 /// Upper bound of any single wait in a test.
 pub(crate) const STEP: Duration = Duration::from_secs(10);
@@ -467,4 +467,69 @@ async fn relay(number: usize, client: TcpStream, control: Arc<Control>) {
 /// Default server limits.
 pub(crate) fn limits() -> Limits {
     Limits::default()
+}
+
+/// A server instance on its own runtime: dropping it (or [`kill`](Self::kill)) kills
+/// the server the way a crash does, every task dropped mid-way.
+pub(crate) struct Isolated {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Isolated {
+    /// Kills the server.
+    pub(crate) fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Harness {
+    /// Starts a server on its own runtime with `tools` (shared with earlier
+    /// instances, so that their counts add up) and its at-most-once table in the
+    /// durable store at `store`, and points the proxy's new connections at it. A
+    /// store still held by a killed instance is waited for.
+    pub(crate) async fn start_isolated_server(&self, tools: &Tools, store: &Path) -> Isolated {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local address");
+        let server = within("store released by the killed server", async {
+            loop {
+                let builder = Server::builder(self.server_identity.clone(), self.url.clone())
+                    .allow_client(self.agent.public_key())
+                    .at_most_once_store(store);
+                match tools.register(builder, "Returns its arguments.").build() {
+                    Ok(server) => break server,
+                    Err(BuildError::AtMostOnceStore(error))
+                        if error.to_string().contains("already open") =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(error) => panic!("server build failed: {error}"),
+                }
+            }
+        })
+        .await;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).expect("listener");
+            let _ = server.serve_listener(listener).await;
+        });
+        self.proxy.set_upstream(addr);
+        Isolated {
+            runtime: Some(runtime),
+        }
+    }
 }
