@@ -145,6 +145,28 @@ pub(crate) struct ServerArgs {
     /// Run only the cases whose id starts with this prefix (repeatable).
     #[arg(long = "case", value_name = "PREFIX")]
     only: Vec<String>,
+    /// An origin on the server's allowlist (the origin-matching cases are skipped
+    /// without it).
+    #[arg(long, value_name = "ORIGIN")]
+    allowed_origin: Option<String>,
+    /// A granted tool that takes at least a second, called with `{}` (the in-flight
+    /// and CANCEL cases are skipped without it).
+    #[arg(long, value_name = "NAME")]
+    slow_tool: Option<String>,
+    /// The identity file of a second client the server allows (the cross-client
+    /// lineage case is skipped without it).
+    #[arg(long, value_name = "FILE")]
+    other_identity: Option<PathBuf>,
+    /// The server's audit log: after the server cases, the artifact cases check it.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Skip the flood cases (rate limit, pre-authentication limit, lineage quota).
+    #[arg(long)]
+    no_floods: bool,
+    /// The server runs with limits other than the defaults of section 17 (the
+    /// default-limit checks are skipped).
+    #[arg(long)]
+    non_default_limits: bool,
 }
 
 /// Runs a subcommand; `Ok(false)` when the conformance run failed.
@@ -240,10 +262,32 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
         options.handshake_stall = Some(Duration::from_secs(6));
     }
     options.only = args.only;
+    options.allowed_origin = args.allowed_origin;
+    options.slow_call = args.slow_tool.map(|tool| ToolCall {
+        tool,
+        args: serde_json::json!({}),
+    });
+    options.other_identity = match &args.other_identity {
+        Some(path) => Some(identity_file::read(path)?),
+        None => None,
+    };
+    options.floods = !args.no_floods;
+    options.default_limits = !args.non_default_limits;
     let expected = read_expected(args.expected_failures.as_ref())?;
+    let client_seed = hex::encode(*identity.to_seed());
 
     let mut report =
         toolwire_conformance::server::run(&args.url, args.server_key, identity, options).await;
+    if let Some(log) = args.audit_log {
+        report.merge(toolwire_conformance::artifact::run(
+            &toolwire_conformance::artifact::ArtifactTarget {
+                audit_log: Some(log),
+                server_key: args.server_key,
+                secrets: vec![client_seed],
+                after_clean_shutdown: false,
+            },
+        ));
+    }
     report.apply_expected_failures(&expected);
     print_report(&report, args.out.as_ref())
 }

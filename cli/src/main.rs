@@ -86,7 +86,9 @@ enum Command {
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Runs the conformance suite: an adversarial client against a live server
-    /// (`server`), or the trace of cases to specification clauses (`trace`).
+    /// (`server`), an adversarial server against a client run through a shim
+    /// (`client`, `shim`), or the trace gate of cases to specification clauses
+    /// (`trace`).
     #[command(subcommand)]
     Conformance(conformance::ConformanceCommand),
 }

@@ -2,8 +2,9 @@
 //! client.
 //!
 //! In client mode the suite plays the server and runs the client under test once per
-//! case as a command, `SHIM --url URL --server-key KEY --identity-file FILE --case
-//! NAME --tool TOOL --args-hex HEX --calls N`:
+//! case as a command, `SHIM --url=URL --server-key=KEY --identity-file=FILE
+//! --case=NAME --tool=TOOL --args-hex=HEX --calls=N` (always `--flag=value`: a key
+//! text may begin with `-`):
 //!
 //! - connect to `--url` (a `ws://127.0.0.1:PORT/toolwire` URL the suite listens on),
 //!   pinning `--server-key` (text form, ID-006), as the identity in `--identity-file`
@@ -69,23 +70,17 @@ pub struct ShimInvocation {
 }
 
 impl ShimInvocation {
-    /// The command-line flags of this invocation.
+    /// The command-line flags of this invocation, each as `--flag=value` (a key
+    /// text may start with `-`).
     pub fn to_args(&self) -> Vec<String> {
         vec![
-            "--url".into(),
-            self.url.clone(),
-            "--server-key".into(),
-            self.server_key.to_string(),
-            "--identity-file".into(),
-            self.identity_file.display().to_string(),
-            "--case".into(),
-            self.case.clone(),
-            "--tool".into(),
-            self.tool.clone(),
-            "--args-hex".into(),
-            hex::encode(&self.args),
-            "--calls".into(),
-            self.calls.to_string(),
+            format!("--url={}", self.url),
+            format!("--server-key={}", self.server_key),
+            format!("--identity-file={}", self.identity_file.display()),
+            format!("--case={}", self.case),
+            format!("--tool={}", self.tool),
+            format!("--args-hex={}", hex::encode(&self.args)),
+            format!("--calls={}", self.calls),
         ]
     }
 
@@ -102,12 +97,17 @@ impl ShimInvocation {
         let mut args_hex = String::new();
         let mut calls = 1u32;
         let mut iter = args.iter();
-        while let Some(flag) = iter.next() {
-            let value = iter
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value"))?
-                .clone();
-            match flag.as_str() {
+        while let Some(arg) = iter.next() {
+            let (flag, value) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, value.to_owned()),
+                None => (
+                    arg.as_str(),
+                    iter.next()
+                        .ok_or_else(|| format!("{arg} needs a value"))?
+                        .clone(),
+                ),
+            };
+            match flag {
                 "--url" => url = Some(value),
                 "--server-key" => {
                     server_key = Some(
