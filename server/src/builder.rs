@@ -548,10 +548,8 @@ impl ServerBuilder {
                 audit,
                 shutdown: crate::shutdown::ShutdownState::new(),
                 alerts: crate::alerts::Alerts::new(
-                    self.alert_sink.map_or_else(
-                        || Arc::new(crate::alerts::LogAlertSink) as _,
-                        |sink| sink.0,
-                    ),
+                    self.alert_sink
+                        .map_or_else(|| Arc::new(crate::alerts::LogAlertSink) as _, |sink| sink.0),
                     self.alert_thresholds,
                 ),
                 #[cfg(feature = "__fault_injection")]

@@ -25,8 +25,8 @@
 #![forbid(unsafe_code)]
 
 mod admission;
-mod amo;
 mod alerts;
+mod amo;
 mod audit;
 mod builder;
 #[cfg(feature = "cedar")]
@@ -41,8 +41,8 @@ mod tls;
 mod tool;
 
 pub use admission::{AdmissionRefusal, AdmissionRequest};
-pub use amo::AmoStoreError;
 pub use alerts::{Alert, AlertSink, AlertThresholds, LogAlertSink};
+pub use amo::AmoStoreError;
 pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
 pub use builder::{
     BuildError, DangerousServerBuilder, Limits, ReplaceToolError, Server, ServerBuilder,
