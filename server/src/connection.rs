@@ -555,6 +555,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         if allowance.is_none() && info.grants.is_empty() {
             // The allowlist changed since the server was built: this key is no longer
             // trusted.
+            self.events.unknown_client(&self.inner);
             self.connection.close(CloseCode::AUTH_FAILED, "");
             return;
         }
@@ -770,7 +771,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             .into_iter()
             .map(|tool| tool.name)
             .collect();
-        tracing::warn!(peer = %self.peer, client = %session.client, event = "capability_revoked", "toolwire session lost every grant: closing");
+        tracing::warn!(peer = %self.peer, client = %session.client, "toolwire session lost every grant: closing");
         let update = CapUpdate {
             granted: Vec::new(),
             revoked: revoked_tools,

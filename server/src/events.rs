@@ -94,6 +94,17 @@ impl ConnectionEvents {
         self.report(inner, SecurityEvent::HandshakeOk);
     }
 
+    /// An authenticated peer whose key is no longer allowed (the allowlist changed
+    /// after the server was built): `auth_failed` with its key.
+    pub(crate) fn unknown_client(&self, inner: &Inner) {
+        self.report(
+            inner,
+            SecurityEvent::AuthFailed {
+                reason: toolwire_protocol::error::AuthFailure::UnknownClient,
+            },
+        );
+    }
+
     /// The protocol closed the connection: reports the error's event, if any.
     pub(crate) fn closed_by(&mut self, inner: &Inner, error: Option<&Error>) {
         let Some(error) = error else {

@@ -249,3 +249,23 @@ async fn a_silent_peer_logs_a_handshake_timeout() {
     assert_eq!(timeout[0].field("kind"), "handshake");
     assert_eq!(timeout[0].level, tracing::Level::INFO);
 }
+
+// EVT-001, EVT-002: a key removed from the allowlist completes the handshake, so its
+// `auth_failed` names it.
+#[tokio::test]
+async fn a_key_removed_from_the_allowlist_logs_auth_failed_with_the_key() {
+    let (capture, _guard) = Capture::start();
+    let server = TestServer::start().await;
+    server.server.remove_client(&server.agent.public_key());
+    let mut raw =
+        RawClient::handshake(&server.url, server.client_config(&server.agent, Vec::new())).await;
+    let closed = raw.expect_close().await;
+    assert_eq!(closed.record, Some(CloseCode::AUTH_FAILED));
+    let failed = capture.wait_events("server", "auth_failed", 1).await;
+    assert_eq!(failed[0].field("reason"), "unknown_client");
+    assert_eq!(
+        failed[0].field("peer_key"),
+        server.agent.public_key().to_string()
+    );
+    assert_eq!(failed[0].field("session_id"), hex(&raw.session_id()));
+}
