@@ -126,11 +126,18 @@ impl ReconnectPolicy {
         Duration::from_millis(half + jitter)
     }
 
-    /// When to open the replacement of a connection with `lifetime` (LIFE-004).
+    /// When to open the replacement of a connection with `lifetime` (LIFE-004): not
+    /// sooner than [`MIN_RENEWAL`], so that a server announcing a tiny lifetime cannot
+    /// make the client reconnect in a tight loop.
     pub(crate) fn renew_after(&self, lifetime: Duration) -> Duration {
-        lifetime.saturating_sub(self.renew_before_expiry.min(lifetime / 4))
+        lifetime
+            .saturating_sub(self.renew_before_expiry.min(lifetime / 4))
+            .max(MIN_RENEWAL)
     }
 }
+
+/// The shortest time a connection is used before it is renewed.
+const MIN_RENEWAL: Duration = Duration::from_secs(1);
 
 /// Whether a connection that closed with `code` is worth re-opening: the server or
 /// the network went away, or the session reached its lifetime. Every other code
@@ -186,6 +193,7 @@ mod tests {
             policy.renew_after(Duration::from_secs(2)),
             Duration::from_millis(1500)
         );
+        assert_eq!(policy.renew_after(Duration::ZERO), Duration::from_secs(1));
     }
 
     #[test]

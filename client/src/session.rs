@@ -314,7 +314,9 @@ impl Session {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let deadline = options.timeout.map(|timeout| Instant::now() + timeout);
+        let deadline = options
+            .timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout));
         self.commands
             .send(Command::Call {
                 id,
@@ -413,6 +415,14 @@ impl Stream for CallStream {
 /// Upper bound of the first connection's handshake and capability grant, after the
 /// upgrade.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `after` from now; a duration too large for the clock (a configuration of
+/// `Duration::MAX`) means a year.
+fn later(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
 
 /// What every connection of a session is dialed with.
 pub(crate) struct DialTemplate {
@@ -738,7 +748,7 @@ impl Supervisor {
         self.renew_at = self
             .policy
             .enabled
-            .then(|| Instant::now() + self.policy.renew_after(ready.lifetime));
+            .then(|| later(self.policy.renew_after(ready.lifetime)));
         if let Some(connected) = self.connected.take() {
             let _ = connected.send(Ok(()));
         }
@@ -767,7 +777,7 @@ impl Supervisor {
         if self.active.is_some() {
             // A renewal failed; the current connection serves until its end.
             if reconnect::dial_retryable(&error) {
-                self.renew_at = Some(Instant::now() + self.policy.max_backoff);
+                self.renew_at = Some(later(self.policy.max_backoff));
             }
             return;
         }
@@ -892,7 +902,7 @@ impl Supervisor {
         }
         lock(&self.shared).closed = None;
         let failures = self.attempts.max(self.flaps);
-        self.retry_at = Some(Instant::now() + self.policy.backoff(failures));
+        self.retry_at = Some(later(self.policy.backoff(failures)));
     }
 
     fn send_call(&mut self, id: u64, link: u64) {
