@@ -45,10 +45,16 @@ def other_identity() -> toolwire.Identity:
 
 
 @pytest.fixture
+def issuer() -> toolwire.Identity:
+    return toolwire.Identity.generate()
+
+
+@pytest.fixture
 async def conformance_server(
     server_identity: toolwire.Identity,
     client_identity: toolwire.Identity,
     other_identity: toolwire.Identity,
+    issuer: toolwire.Identity,
 ) -> AsyncIterator[PythonServer]:
     server = toolwire.ToolServer(
         server_identity,
@@ -56,6 +62,7 @@ async def conformance_server(
             client_identity.public_key: ["echo", "counter", "slow"],
             other_identity.public_key: ["echo", "counter"],
         },
+        grant_issuers=[issuer.public_key],
         allowed_origins=[ALLOWED_ORIGIN],
     )
     runs = 0
@@ -91,12 +98,15 @@ async def test_conformance_suite_against_the_python_server(
     conformance_cli: Path,
     conformance_server: PythonServer,
     other_identity: toolwire.Identity,
+    issuer: toolwire.Identity,
     tmp_path: Path,
 ) -> None:
     agent_key = tmp_path / "agent.key"
     conformance_server.client.save(agent_key)
     other_key = tmp_path / "other.key"
     other_identity.save(other_key)
+    issuer_key = tmp_path / "issuer.key"
+    issuer.save(issuer_key)
     out = tmp_path / "report"
     completed = await run(
         conformance_cli, "conformance", "server",
@@ -104,6 +114,7 @@ async def test_conformance_suite_against_the_python_server(
         f"--server-key={conformance_server.running.public_key}",
         "--identity", agent_key,
         "--other-identity", other_key,
+        "--issuer", issuer_key,
         "--ungranted-tool", "admin",
         "--call-tool", "counter",
         "--call-args", "{}",

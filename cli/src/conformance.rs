@@ -157,6 +157,10 @@ pub(crate) struct ServerArgs {
     /// lineage case is skipped without it).
     #[arg(long, value_name = "FILE")]
     other_identity: Option<PathBuf>,
+    /// The identity file of a grant issuer the server trusts: the grant cases sign
+    /// grants with it (they are skipped without it).
+    #[arg(long, value_name = "FILE")]
+    issuer: Option<PathBuf>,
     /// The server's audit log: after the server cases, the artifact cases check it.
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
@@ -268,6 +272,10 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
         args: serde_json::json!({}),
     });
     options.other_identity = match &args.other_identity {
+        Some(path) => Some(identity_file::read(path)?),
+        None => None,
+    };
+    options.issuer = match &args.issuer {
         Some(path) => Some(identity_file::read(path)?),
         None => None,
     };

@@ -66,6 +66,10 @@ pub struct ServerOptions {
     /// Another client identity the server allows: the cross-client lineage case
     /// (AMO-001) SKIPs without it.
     pub other_identity: Option<Identity>,
+    /// A grant issuer the server trusts (its secret key signs the grants of the
+    /// grant cases, presented by identities the server does not otherwise know):
+    /// the grant cases SKIP without it.
+    pub issuer: Option<Identity>,
     /// Run the flood cases (rate limit, pre-authentication limit, at-most-once
     /// bounds): they exhaust the identity's rate budget for a second or two, so they
     /// run last. Default true.
@@ -89,6 +93,7 @@ impl Default for ServerOptions {
             allowed_origin: None,
             slow_call: None,
             other_identity: None,
+            issuer: None,
             floods: true,
             default_limits: true,
             only: Vec::new(),

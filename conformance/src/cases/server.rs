@@ -18,7 +18,7 @@ use toolwire_protocol::manifest::Manifest;
 use toolwire_protocol::message::{
     Cancel, CapGrant, CapRequest, Close, ErrorMessage, KeyUpdate, Ping, Request, Response,
 };
-use toolwire_protocol::{CloseCode, ErrorCode, Identity, Message};
+use toolwire_protocol::{CloseCode, ErrorCode, Identity, IdentityKey, Message};
 
 macro_rules! case {
     ($id:literal, [$($clause:literal),* $(,)?], $description:literal, $run:path) => {
@@ -27,6 +27,14 @@ macro_rules! case {
             clauses: &[$($clause),*],
             description: $description,
             run: |target| Box::pin($run(target)),
+        }
+    };
+    ($id:literal, [$($clause:literal),* $(,)?], $description:literal, closure $run:expr) => {
+        Case {
+            id: $id,
+            clauses: &[$($clause),*],
+            description: $description,
+            run: $run,
         }
     };
 }
@@ -198,6 +206,35 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A CANCEL for a slow call in flight is answered at once with CANCELLED (1) `cancelled`; no RESPONSE follows; the id retried gets CANCELLED again.", cancel_in_flight),
         case!("authz.in-flight-cap", ["AUTHZ-003", "LIM-010", "ERR-005"],
             "With 64 slow calls in flight, a 65th REQUEST is refused with RESOURCE_EXHAUSTED (8), `too many calls in flight`, retry_after_ms 100.", in_flight_cap),
+        // ---- Grants (12) ----------------------------------------------------------
+        case!("grt.holder", ["HS-028", "GRT-035", "GRT-013", "AUTHZ-012"],
+            "An identity the server does not know presents a valid grant (with an unknown claim) for one tool: the handshake completes, CAP_GRANT grants nothing the grant does not cover, and a call relying on it executes.", grant_holder),
+        case!("grt.too-long", ["GRT-006"],
+            "A validly signed grant longer than 8192 bytes, the only one presented: disregarded, AUTH_FAILED (4001).", closure |t| Box::pin(bad_grant(t, BadGrant::TooLong))),
+        case!("grt.empty-footer", ["GRT-008"],
+            "A valid grant with an empty fourth (footer) segment: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::EmptyFooter))),
+        case!("grt.padded-base64", ["GRT-009"],
+            "A valid grant whose payload carries `=` padding: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::Padded))),
+        case!("grt.short-payload", ["GRT-010"],
+            "A grant whose payload is shorter than a signature: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::Short))),
+        case!("grt.duplicate-claim", ["GRT-012"],
+            "A validly signed grant repeating the `tools` claim: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::DuplicateClaim))),
+        case!("grt.mistyped-claim", ["GRT-012"],
+            "A validly signed grant whose `tools` is a string: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::MistypedClaim))),
+        case!("grt.non-canonical-key", ["GRT-014"],
+            "A validly signed grant whose `sub` is the holder's key with non-zero unused bits in its last character: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::NonCanonicalKey))),
+        case!("grt.long-jti", ["GRT-015"],
+            "A validly signed grant with a 129-character `jti`: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::LongJti))),
+        case!("grt.bad-time", ["GRT-016"],
+            "A validly signed grant whose `exp` is not RFC 3339: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::BadTime))),
+        case!("grt.expired", ["GRT-025", "HS-027"],
+            "A grant that expired an hour ago: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::Expired))),
+        case!("grt.wrong-holder", ["GRT-031", "HS-027"],
+            "A valid grant held by another identity: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::OtherHolder))),
+        case!("grt.foreign-issuer", ["GRT-020"],
+            "A grant signed by an issuer the server does not trust: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::ForeignIssuer))),
+        case!("grt.cap-request-ninth", ["GRT-037", "GRT-038", "LIM-013"],
+            "CAP_REQUEST with 8 junk tokens then a valid grant for a second tool: the ninth is not verified (the tool stays ungranted); the same grant first in a CAP_REQUEST is added.", cap_request_ninth),
         // ---- Floods (last: they drain the identity's budgets) ------------------
         case!("amo.lineage-quota", ["AMO-031", "AMO-032", "LIM-015"],
             "After 17 fresh lineages of one client each executed a call, the oldest was dropped: resuming it, its id retried is RESULT_UNAVAILABLE (101).", lineage_quota),
@@ -2162,5 +2199,355 @@ async fn rate_limit(target: Arc<ServerTarget>) -> CaseResult {
         !exhausted.is_empty() && hinted && other.is_empty() && denied <= bound,
         expected,
         observed,
+    )
+}
+
+// =====================================================================================
+// Grants
+// =====================================================================================
+
+/// RFC 3339 (UTC, `Z`) of a Unix time in seconds.
+fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A PASETO v4.public token over exactly `claims` (JSON text), signed by `issuer`
+/// with the implicit assertion of GRT-002.
+fn sign_claims(issuer: &Identity, claims: &str) -> String {
+    toolwire_protocol::paseto::sign_v4_public(
+        issuer.signing_key(),
+        claims.as_bytes(),
+        b"",
+        b"toolwire/1 grant",
+    )
+}
+
+/// Valid claims for `holder`, for `tools`, expiring in an hour.
+fn grant_claims(
+    target: &ServerTarget,
+    issuer: &Identity,
+    holder: &IdentityKey,
+    tools: &[&str],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut claims = serde_json::Map::new();
+    claims.insert("iss".into(), issuer.public_key().to_string().into());
+    claims.insert("sub".into(), holder.to_string().into());
+    claims.insert("aud".into(), target.server_key.to_string().into());
+    claims.insert(
+        "jti".into(),
+        format!("conformance-{}", hex::encode(&holder.as_bytes()[..6])).into(),
+    );
+    claims.insert("exp".into(), rfc3339(now_unix() + 3600).into());
+    claims.insert("tools".into(), serde_json::json!(tools));
+    claims
+}
+
+fn json_text(claims: &serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::Value::Object(claims.clone()).to_string()
+}
+
+/// Handshake as `identity` presenting `grants`; the first sealed message, or how
+/// the handshake ended.
+async fn present_grants(
+    target: &ServerTarget,
+    identity: Identity,
+    grants: Vec<String>,
+) -> Result<Result<(Session, CapGrant), Ending>, CaseResult> {
+    let step = target.options.step;
+    let mut socket = peer::connect(&target.url, step)
+        .await
+        .map_err(precondition)?;
+    let mut params = HandshakeParams::new(identity.clone(), target.url.clone(), target.server_key);
+    params.cap_request = CapRequest {
+        tools: vec!["*".to_owned()],
+        grants,
+    };
+    let mut handshake =
+        Handshake::new(params).map_err(|e| CaseResult::harness_error(e.to_string()))?;
+    let record1 = handshake
+        .record1()
+        .map_err(|e| CaseResult::harness_error(e.to_string()))?;
+    peer::send_binary(&mut socket, record1, step).await;
+    let record2 = peer::next_binary(&mut socket, step)
+        .await
+        .ok_or_else(|| precondition("no record 2"))?;
+    handshake.read_record2(&record2).map_err(precondition)?;
+    let hello = handshake.client_hello();
+    let record3 = hello_record(&mut handshake, &hello)
+        .map_err(|e| CaseResult::harness_error(e.to_string()))?;
+    peer::send_binary(&mut socket, record3, step).await;
+    let keys = handshake
+        .finish()
+        .map_err(|e| CaseResult::harness_error(e.to_string()))?;
+    // Peek: a bare close frame ends the handshake; otherwise a session.
+    let mut session = Session::from_keys(socket, identity, target.server_key, &keys, step);
+    match session.next().await {
+        Ok(Message::CapGrant(grant)) => Ok(Ok((session, grant))),
+        Ok(other) => Err(precondition(format!("first message {}", other.kind()))),
+        Err(ending) => Ok(Err(ending)),
+    }
+}
+
+async fn grant_holder(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(issuer) = target.options.issuer.clone() else {
+        return CaseResult::skip("needs a grant issuer the server trusts (--issuer)");
+    };
+    let Some(call) = target.options.call.clone() else {
+        return CaseResult::skip("needs a callable tool (--call-tool)");
+    };
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let mut claims = grant_claims(&target, &issuer, &stranger.public_key(), &[&call.tool]);
+    claims.insert(
+        "x-future-claim".into(),
+        serde_json::json!({"ignored": true}),
+    );
+    let jti = claims["jti"].as_str().unwrap_or_default().to_owned();
+    let token = sign_claims(&issuer, &json_text(&claims));
+    let expected = format!(
+        "handshake completes; CAP_GRANT grants only {}; a call relying on the grant executes",
+        call.tool
+    );
+    let (mut session, grant) = match present_grants(&target, stranger.clone(), vec![token]).await {
+        Err(result) => return result,
+        Ok(Err(ending)) => return CaseResult::check(false, expected, ending.to_string()),
+        Ok(Ok(established)) => established,
+    };
+    let names: Vec<&str> = grant.granted.iter().map(|t| t.name.as_str()).collect();
+    if names.iter().any(|name| *name != call.tool) {
+        return CaseResult::check(false, expected, format!("CAP_GRANT grants {names:?}"));
+    }
+    if names.is_empty() {
+        return CaseResult::new(
+            Verdict::Info,
+            expected,
+            "CAP_GRANT grants nothing: the server's policy does not admit grant holders",
+            "AUTHZ-012 not exercised",
+        );
+    }
+    let args = encode_args(&call.args);
+    let mut request = session.request(1, &call.tool, &args);
+    request.grant_id = Some(jti.clone());
+    let signature = stranger.sign(&peer::request_signing_bytes(
+        &session.session_id,
+        1,
+        &call.tool,
+        &args,
+        &jti,
+    ));
+    request.signature = Some(signature.to_vec().into());
+    let outcome = answer(&mut session, &request).await;
+    CaseResult::check(
+        matches!(outcome, Ok(Message::Response(_))),
+        expected,
+        format!("CAP_GRANT grants {names:?}; call: {}", describe(&outcome)),
+    )
+}
+
+#[derive(Clone, Copy)]
+enum BadGrant {
+    TooLong,
+    EmptyFooter,
+    Padded,
+    Short,
+    DuplicateClaim,
+    MistypedClaim,
+    NonCanonicalKey,
+    LongJti,
+    BadTime,
+    Expired,
+    OtherHolder,
+    ForeignIssuer,
+}
+
+/// The key text of `key` with non-zero unused bits in its last character: decodes
+/// to the same 32 bytes under a lenient decoder.
+fn non_canonical_key_text(key: &IdentityKey) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut text = key.to_string().into_bytes();
+    if let Some(last) = text.last_mut() {
+        if let Some(index) = ALPHABET.iter().position(|c| c == last) {
+            *last = ALPHABET[(index & !0b11) | 0b01];
+        }
+    }
+    String::from_utf8(text).unwrap_or_default()
+}
+
+async fn bad_grant(target: Arc<ServerTarget>, how: BadGrant) -> CaseResult {
+    let Some(issuer) = target.options.issuer.clone() else {
+        return CaseResult::skip("needs a grant issuer the server trusts (--issuer)");
+    };
+    let tool = target
+        .options
+        .call
+        .as_ref()
+        .map_or_else(|| "*".to_owned(), |call| call.tool.clone());
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let holder = stranger.public_key();
+    let mut claims = grant_claims(&target, &issuer, &holder, &[&tool]);
+    let token = match how {
+        BadGrant::TooLong => {
+            claims.insert("x-pad".into(), "p".repeat(8200).into());
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::EmptyFooter => format!("{}.", sign_claims(&issuer, &json_text(&claims))),
+        BadGrant::Padded => format!("{}=", sign_claims(&issuer, &json_text(&claims))),
+        BadGrant::Short => format!("v4.public.{}", "A".repeat(40)),
+        BadGrant::DuplicateClaim => {
+            let text = json_text(&claims);
+            let doubled = format!("{},\"tools\":[\"*\"]}}", &text[..text.len() - 1]);
+            sign_claims(&issuer, &doubled)
+        }
+        BadGrant::MistypedClaim => {
+            claims.insert("tools".into(), serde_json::json!(tool));
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::NonCanonicalKey => {
+            claims.insert("sub".into(), non_canonical_key_text(&holder).into());
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::LongJti => {
+            claims.insert("jti".into(), "j".repeat(129).into());
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::BadTime => {
+            claims.insert("exp".into(), "next tuesday".into());
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::Expired => {
+            claims.insert("exp".into(), rfc3339(now_unix() - 3600).into());
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::OtherHolder => {
+            let other = Identity::generate(&mut rand_core::OsRng);
+            claims.insert("sub".into(), other.public_key().to_string().into());
+            sign_claims(&issuer, &json_text(&claims))
+        }
+        BadGrant::ForeignIssuer => {
+            let foreign = Identity::generate(&mut rand_core::OsRng);
+            claims.insert("iss".into(), foreign.public_key().to_string().into());
+            sign_claims(&foreign, &json_text(&claims))
+        }
+    };
+    match present_grants(&target, stranger, vec![token]).await {
+        Err(result) => result,
+        Ok(Ok((_, grant))) => CaseResult::check(
+            false,
+            "close frame 4001 AUTH_FAILED (the grant is disregarded)",
+            format!(
+                "handshake ACCEPTED on the strength of the grant ({} tools granted)",
+                grant.granted.len()
+            ),
+        ),
+        Ok(Err(ending)) => expect_handshake_close(&ending, 4001),
+    }
+}
+
+async fn cap_request_ninth(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(issuer) = target.options.issuer.clone() else {
+        return CaseResult::skip("needs a grant issuer the server trusts (--issuer)");
+    };
+    let (Some(call), Some(slow)) = (
+        target.options.call.clone(),
+        target.options.slow_call.clone(),
+    ) else {
+        return CaseResult::skip("needs two callable tools (--call-tool, --slow-tool)");
+    };
+    if call.tool == slow.tool {
+        return CaseResult::skip("needs two different tools");
+    }
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let holder = stranger.public_key();
+    let first = sign_claims(
+        &issuer,
+        &json_text(&grant_claims(&target, &issuer, &holder, &[&call.tool])),
+    );
+    let mut second_claims = grant_claims(&target, &issuer, &holder, &[&slow.tool]);
+    second_claims.insert("jti".into(), "conformance-second".into());
+    let second = sign_claims(&issuer, &json_text(&second_claims));
+    let (mut session, grant) = match present_grants(&target, stranger, vec![first]).await {
+        Err(result) => return result,
+        Ok(Err(ending)) => return precondition(format!("a valid grant was refused: {ending}")),
+        Ok(Ok(established)) => established,
+    };
+    if grant.granted.is_empty() {
+        return CaseResult::new(
+            Verdict::Info,
+            "",
+            "CAP_GRANT grants nothing",
+            "the server's policy does not admit grant holders",
+        );
+    }
+    let granted = |update: &Result<Message, Ending>| match update {
+        Ok(Message::CapUpdate(update)) => Some(update.granted.iter().any(|t| t.name == slow.tool)),
+        _ => None,
+    };
+    let mut ninth = (0..8)
+        .map(|i| format!("v4.public.junk-{i}"))
+        .collect::<Vec<_>>();
+    ninth.push(second.clone());
+    session
+        .send(&Message::CapRequest(CapRequest {
+            tools: vec!["*".to_owned()],
+            grants: ninth,
+        }))
+        .await;
+    let after_ninth = session.next().await;
+    session
+        .send(&Message::CapRequest(CapRequest {
+            tools: vec!["*".to_owned()],
+            grants: vec![second],
+        }))
+        .await;
+    let after_first = session.next().await;
+    let (ninth_added, first_added) = (granted(&after_ninth), granted(&after_first));
+    CaseResult::check(
+        ninth_added == Some(false) && first_added == Some(true),
+        format!(
+            "as the ninth token: {} not granted; as the first: granted",
+            slow.tool
+        ),
+        format!(
+            "ninth: {}; first: {}",
+            ninth_added.map_or_else(
+                || describe(&after_ninth),
+                |g| if g {
+                    "GRANTED".into()
+                } else {
+                    "not granted".into()
+                }
+            ),
+            first_added.map_or_else(
+                || describe(&after_first),
+                |g| if g {
+                    "granted".into()
+                } else {
+                    "NOT granted".into()
+                }
+            ),
+        ),
     )
 }

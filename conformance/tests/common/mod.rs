@@ -20,6 +20,8 @@ pub struct RunningServer {
     pub client: Identity,
     /// A second identity the server allows.
     pub other: Identity,
+    /// A grant issuer the server trusts.
+    pub issuer: Identity,
     /// The server's identity (its secret must never appear in the audit log).
     pub identity: Identity,
     /// The server's audit log.
@@ -82,6 +84,7 @@ pub async fn start(
     let identity = Identity::generate(&mut rand_core::OsRng);
     let client = Identity::generate(&mut rand_core::OsRng);
     let other = Identity::generate(&mut rand_core::OsRng);
+    let issuer = Identity::generate(&mut rand_core::OsRng);
     static STARTS: AtomicU64 = AtomicU64::new(0);
     let audit_log = std::env::temp_dir().join(format!(
         "toolwire-conformance-audit-{}-{}.jsonl",
@@ -92,6 +95,7 @@ pub async fn start(
     let mut builder: ServerBuilder = Server::builder(identity.clone(), url.clone())
         .allow_client_tools(client.public_key(), ["echo", "counter", "slow"])
         .allow_client_tools(other.public_key(), ["echo", "counter"])
+        .trust_grant_issuer(issuer.public_key())
         .allow_origin("https://app.conformance.invalid")
         .audit_log(audit_log.clone());
     for tool in tools() {
@@ -110,6 +114,7 @@ pub async fn start(
         server_key: identity.public_key(),
         client,
         other,
+        issuer,
         identity,
         audit_log,
         server,
@@ -121,6 +126,7 @@ pub async fn start(
 pub fn options_for(server: &RunningServer) -> ServerOptions {
     let mut options = options();
     options.other_identity = Some(server.other.clone());
+    options.issuer = Some(server.issuer.clone());
     options
 }
 
