@@ -123,6 +123,8 @@ struct State {
     durable: Option<DurableStore>,
     waiters: HashMap<(LineageKey, u64), Vec<Waiter>>,
     running: HashMap<(LineageKey, u64), RunningCall>,
+    /// Calls running on after their connection closed, per client identity.
+    detached: HashMap<IdentityKey, usize>,
 }
 
 /// The at-most-once table of a server, shared by its connections behind a lock taken
@@ -171,6 +173,7 @@ impl SharedAtMostOnce {
             durable,
             waiters: HashMap::new(),
             running: HashMap::new(),
+            detached: HashMap::new(),
         }))
     }
 
@@ -273,6 +276,32 @@ impl SharedAtMostOnce {
             });
         }
         true
+    }
+}
+
+impl SharedAtMostOnce {
+    /// Lets `count` calls of `client` run on after their connection closed, unless
+    /// that would make more than `limit` of its calls run so at once: a client cannot
+    /// multiply its running calls beyond the in-flight cap by disconnecting.
+    pub(crate) fn try_detach(&self, client: IdentityKey, count: usize, limit: usize) -> bool {
+        let mut state = self.state();
+        let detached = state.detached.entry(client).or_insert(0);
+        if detached.saturating_add(count) > limit {
+            return false;
+        }
+        *detached += count;
+        true
+    }
+
+    /// `count` detached calls of `client` have ended.
+    pub(crate) fn detach_ended(&self, client: &IdentityKey, count: usize) {
+        let mut state = self.state();
+        if let Some(detached) = state.detached.get_mut(client) {
+            *detached = detached.saturating_sub(count);
+            if *detached == 0 {
+                state.detached.remove(client);
+            }
+        }
     }
 }
 
@@ -831,5 +860,26 @@ mod tests {
         }
         assert_eq!(decode_outcome(&[0; 3]), None);
         assert_eq!(decode_outcome(&[0, 0, 0, 0, 0, 0, 0, 1, 9]), None);
+    }
+}
+
+#[cfg(test)]
+mod detach_tests {
+    use super::*;
+    use toolwire_protocol::Identity;
+
+    /// A client's calls running on after their connection closed are capped, per
+    /// client, and the cap frees up as they end.
+    #[test]
+    fn detached_calls_are_capped_per_client() {
+        let shared = SharedAtMostOnce::new();
+        let alice = Identity::from_seed(&[1; 32]).public_key();
+        let bob = Identity::from_seed(&[2; 32]).public_key();
+        assert!(shared.try_detach(alice, 3, 4));
+        assert!(!shared.try_detach(alice, 2, 4));
+        assert!(shared.try_detach(bob, 4, 4));
+        shared.detach_ended(&alice, 3);
+        assert!(shared.try_detach(alice, 4, 4));
+        assert!(!shared.try_detach(alice, 1, 4));
     }
 }

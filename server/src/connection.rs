@@ -346,17 +346,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     }
 
     /// The connection is gone: results that already arrived are recorded in the
-    /// at-most-once table (a retry on a resumed lineage gets them), and calls still
-    /// running go on without it ([`finish_detached`]): their outcome, when they
+    /// at-most-once table (a retry on a resumed lineage gets them). When the peer
+    /// went away (the server did not close the connection for a failure), calls
+    /// still running go on without it ([`finish_detached`]), at most
+    /// `Limits::max_in_flight` per client identity at once: their outcome, when they
     /// complete within [`DETACHED_CALL_LIMIT`], is cached for a retry on a new
-    /// connection and answers the copies already waiting there (AMO-011); past the
-    /// limit they are stopped and abandoned (outcome unknown, AMO-026), so a retry is
-    /// answered RESULT_UNAVAILABLE instead of waiting forever.
+    /// connection and answers the copies already waiting there (AMO-011). Otherwise,
+    /// and past the limit, they are stopped and abandoned (outcome unknown, AMO-026),
+    /// so a retry is answered RESULT_UNAVAILABLE instead of waiting forever. A peer
+    /// the server closed (protocol violation, revocation, a stalled reader, LIM-004)
+    /// keeps nothing running.
     fn end_running_calls(&mut self, outcomes: &mut mpsc::UnboundedReceiver<Outcome>) {
         let Some(session) = self.session.as_ref() else {
             return;
         };
         let lineage = session.lineage;
+        let client = session.client;
         while let Ok(outcome) = outcomes.try_recv() {
             match outcome {
                 Outcome::Finished(id, result) => {
@@ -379,6 +384,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             }
         }
         if self.running.is_empty() {
+            return;
+        }
+        let closed_by_server = matches!(
+            self.connection.close_code(),
+            Some((_, toolwire_protocol::Side::Local))
+        );
+        let limit = usize::try_from(self.inner.limits.max_in_flight).unwrap_or(usize::MAX);
+        if closed_by_server
+            || !self
+                .inner
+                .at_most_once
+                .try_detach(client, self.running.len(), limit)
+        {
+            for (id, running) in std::mem::take(&mut self.running) {
+                running.abort.abort();
+                (&self.inner.at_most_once).abandon(&lineage, id);
+                self.audit_write(running.audit, |entry| {
+                    entry.ended("unknown (connection closed while running)")
+                });
+            }
             return;
         }
         let running = std::mem::take(&mut self.running);
@@ -1178,6 +1203,7 @@ async fn finish_detached(
     mut running: HashMap<u64, Running>,
     mut audit: Option<AuditSink>,
 ) {
+    let detached = running.len();
     let mut write = |entry: Option<Box<CallEntry>>, ended: &str| {
         if let (Some(audit), Some(entry)) = (audit.as_mut(), entry) {
             audit.write(entry.ended(ended));
@@ -1220,6 +1246,7 @@ async fn finish_detached(
         (&inner.at_most_once).abandon(&lineage, id);
         write(call.audit, "unknown (connection closed while running)");
     }
+    inner.at_most_once.detach_ended(&lineage.client, detached);
     if let Some(audit) = audit.as_mut() {
         audit.flush().await;
     }
