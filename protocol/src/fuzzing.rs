@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("inner_message", inner_message),
     ("grant", grant),
     ("manifest", manifest),
+    ("server_session", server_session),
 ];
 
 /// Record header parsing.
@@ -181,4 +182,253 @@ pub fn grant(data: &[u8]) {
 /// Manifest decoding (after a signature check would pass).
 pub fn manifest(data: &[u8]) {
     let _ = rmp_serde::from_slice::<crate::manifest::Manifest>(data);
+}
+
+/// Reads a structured op sequence out of fuzzer bytes; every read past the end
+/// yields zeros, so any input is a valid program.
+struct Ops<'a> {
+    data: &'a [u8],
+}
+
+impl Ops<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&first, rest)) => {
+                self.data = rest;
+                first
+            }
+            None => 0,
+        }
+    }
+
+    fn u64(&mut self) -> u64 {
+        // 1 to 8 bytes, little endian: small values stay common.
+        let len = usize::from(self.byte() % 8) + 1;
+        (0..len).fold(0u64, |value, index| {
+            value | (u64::from(self.byte()) << (8 * index))
+        })
+    }
+
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let len = usize::from(self.byte()).min(max).min(self.data.len());
+        let (taken, rest) = self.data.split_at(len);
+        self.data = rest;
+        taken.to_vec()
+    }
+
+    fn text(&mut self) -> String {
+        match self.byte() % 4 {
+            0 => "echo".into(),
+            1 => String::new(),
+            2 => "*".into(),
+            _ => String::from_utf8_lossy(&self.bytes(64)).into_owned(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Ops per input, at most.
+const MAX_SESSION_OPS: usize = 64;
+
+/// Delivers `record` to the server: an error must leave it closed with a code.
+/// Whatever the server sends back reaches the client (PONGs, KEY_UPDATEs,
+/// answers), and the server's application answers every REQUEST it receives.
+fn deliver(
+    server: &mut crate::Connection,
+    client: &mut crate::Connection,
+    now: Instant,
+    record: &[u8],
+) {
+    use crate::message::{Message, Response};
+    let result = server.handle_record(now, record);
+    if result.is_err() {
+        assert!(server.is_closed(), "an error leaves the connection closed");
+        assert!(
+            server.close_code().is_some(),
+            "a closed connection has a code"
+        );
+    }
+    let mut answers = Vec::new();
+    while let Some(event) = server.poll_event() {
+        match event {
+            crate::Event::Message(Message::Request(request)) => answers.push(request.id),
+            crate::Event::Closed { .. } => {
+                assert!(server.is_closed() && server.close_code().is_some());
+            }
+            _ => {}
+        }
+    }
+    for id in answers {
+        let _ = server.send(
+            now,
+            Message::Response(Response {
+                id,
+                result: serde_bytes::ByteBuf::from(vec![0xc0]),
+                signature: None,
+            }),
+        );
+    }
+    while let Some(back) = server.poll_transmit() {
+        let _ = client.handle_record(now, &back);
+        while client.poll_event().is_some() {}
+    }
+}
+
+/// A structured session against an established SERVER connection: the input is a
+/// program of ops — genuinely sealed messages of every kind (fields from the input,
+/// including kinds a client may not send), raw records, replays of earlier records,
+/// bit flips and truncations of sealed records, swapped records, arbitrary sealed
+/// plaintext, and time advancing past keepalive, rekey and idle deadlines (the
+/// client then rekeys). After every step: no panic, and once the server reports an
+/// error it is closed with a close code and stays closed.
+pub fn server_session(data: &[u8]) {
+    use crate::message::{
+        Cancel, CapRequest, Close, ErrorMessage, Message, Ping, Request, Response, StreamItem,
+    };
+    let mut ops = Ops { data };
+    let mut now = Instant::now();
+    let (mut client, mut server) = testing::established_pair_for_testing_only(peers(), now);
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    let mut held: Option<Vec<u8>> = None;
+    for _ in 0..MAX_SESSION_OPS {
+        if ops.is_done() {
+            break;
+        }
+        let was_closed = server.is_closed();
+        let op = ops.byte() % 12;
+        let message = match op {
+            0 => Some(Message::Request(Request {
+                id: ops.u64(),
+                tool: ops.text(),
+                args: serde_bytes::ByteBuf::from(ops.bytes(128)),
+                grant_id: (ops.byte() % 2 == 1).then(|| ops.text()),
+                deadline_ms: (ops.byte() % 2 == 1).then(|| ops.u64()),
+                signature: (ops.byte() % 2 == 1).then(|| serde_bytes::ByteBuf::from(ops.bytes(64))),
+                retry: ops.byte() % 2 == 1,
+            })),
+            1 => Some(Message::Cancel(Cancel { id: ops.u64() })),
+            2 => Some(Message::CapRequest(CapRequest {
+                tools: vec![ops.text(), ops.text()],
+                grants: vec![String::from_utf8_lossy(&ops.bytes(200)).into_owned()],
+            })),
+            3 => Some(Message::Ping(Ping { nonce: ops.u64() })),
+            4 => Some(match ops.byte() % 5 {
+                0 => Message::Response(Response {
+                    id: ops.u64(),
+                    result: serde_bytes::ByteBuf::from(ops.bytes(32)),
+                    signature: None,
+                }),
+                1 => Message::StreamItem(StreamItem {
+                    id: ops.u64(),
+                    index: ops.u64(),
+                    data: serde_bytes::ByteBuf::from(ops.bytes(32)),
+                }),
+                2 => Message::Error(ErrorMessage {
+                    id: (ops.byte() % 2 == 1).then(|| ops.u64()),
+                    code: u32::try_from(ops.u64() & 0xffff).unwrap_or(0),
+                    message: ops.text(),
+                    retry_after_ms: (ops.byte() % 2 == 1).then(|| ops.u64()),
+                }),
+                3 => Message::Pong(Ping { nonce: ops.u64() }),
+                _ => Message::Close(Close {
+                    code: u16::try_from(ops.u64() & 0xffff).unwrap_or(0),
+                    reason: ops.text(),
+                }),
+            }),
+            _ => None,
+        };
+        let mut record = None;
+        if let Some(message) = message {
+            if testing::send_any_kind_for_testing_only(&mut client, now, message).is_ok() {
+                record = client.poll_transmit();
+            }
+        } else {
+            match op {
+                5 => record = Some(ops.bytes(255)),
+                6 => {
+                    if !sent.is_empty() {
+                        let index = usize::from(ops.byte()) % sent.len();
+                        record = Some(sent[index].clone());
+                    }
+                }
+                7 | 8 => {
+                    // A genuine PING record, then bit-flipped (7) or truncated (8).
+                    let nonce = ops.u64();
+                    if testing::send_any_kind_for_testing_only(
+                        &mut client,
+                        now,
+                        Message::Ping(Ping { nonce }),
+                    )
+                    .is_ok()
+                    {
+                        if let Some(mut bytes) = client.poll_transmit() {
+                            let at = usize::try_from(ops.u64()).unwrap_or(0);
+                            if !bytes.is_empty() {
+                                if op == 7 {
+                                    let bit = at % (bytes.len() * 8);
+                                    bytes[bit / 8] ^= 1 << (bit % 8);
+                                } else {
+                                    bytes.truncate(at % bytes.len());
+                                }
+                            }
+                            record = Some(bytes);
+                        }
+                    }
+                }
+                9 => {
+                    // Time passes: up to ~7 minutes, past keepalive (30 s), rekey (5
+                    // min) and, summed over ops, idle (90 s) and lifetime deadlines.
+                    now += std::time::Duration::from_millis(ops.u64() % 420_000);
+                    let _ = client.handle_timeout(now);
+                    if server.handle_timeout(now).is_err() {
+                        assert!(server.is_closed() && server.close_code().is_some());
+                    }
+                    while let Some(bytes) = client.poll_transmit() {
+                        sent.push(bytes.clone());
+                        deliver(&mut server, &mut client, now, &bytes);
+                    }
+                }
+                10 => {
+                    let plaintext = ops.bytes(255);
+                    record = testing::seal_raw_for_testing_only(&mut client, &plaintext);
+                }
+                _ => {
+                    // Swap: hold the next genuine record and deliver it after the one
+                    // following it.
+                    if let Some(previous) = held.take() {
+                        record = Some(previous);
+                    } else if testing::send_any_kind_for_testing_only(
+                        &mut client,
+                        now,
+                        Message::Ping(Ping { nonce: ops.u64() }),
+                    )
+                    .is_ok()
+                    {
+                        held = client.poll_transmit();
+                    }
+                }
+            }
+        }
+        // Anything else the client queued (a KEY_UPDATE before the record) goes first.
+        let mut queue: Vec<Vec<u8>> = Vec::new();
+        while let Some(bytes) = client.poll_transmit() {
+            queue.push(bytes);
+        }
+        if let Some(record) = record {
+            queue.insert(0, record);
+        }
+        for bytes in queue {
+            sent.push(bytes.clone());
+            if sent.len() > 256 {
+                sent.remove(0);
+            }
+            deliver(&mut server, &mut client, now, &bytes);
+        }
+        if was_closed {
+            assert!(server.is_closed(), "a closed connection stays closed");
+        }
+    }
 }

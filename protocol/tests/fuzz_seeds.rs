@@ -929,7 +929,50 @@ fn seeds() -> Seeds {
             ("empty.bin", Vec::new()),
         ],
     );
+    seeds.insert("server_session", server_session_seeds());
     seeds
+}
+
+/// Programs for the `server_session` target (see `fuzzing::server_session`: one op
+/// byte `% 12`, then its fields; a u64 is a length byte `% 8 + 1` and that many
+/// little-endian bytes; a text is a selector byte, 3 = a length-prefixed string).
+fn server_session_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // REQUEST id 1, tool "echo", args {} (msgpack 0x80), no grant, no deadline, no
+    // signature, retry false.
+    let request = |id: u8| vec![0, 0, id, 0, 1, 0x80, 0, 0, 0, 0];
+    let mut calls = Vec::new();
+    for id in 1..=4 {
+        calls.extend(request(id));
+    }
+    let mut replay = request(1);
+    replay.extend([6, 0]);
+    let mut rekey = request(1);
+    // Time passes 5 min 1 s (301,000 ms = 0x0497c8: 3 bytes), then another call.
+    rekey.extend([9, 2, 0xc8, 0x97, 0x04]);
+    rekey.extend(request(2));
+    let mut swapped = vec![11, 0, 1];
+    swapped.extend(request(3));
+    swapped.push(11);
+    let mut mixed = request(7);
+    mixed.extend([1, 0, 7]); // CANCEL 7
+    mixed.extend([2, 0, 2, 3, 4, b'x', b'y', b'z', b'w', 0]); // CAP_REQUEST
+    mixed.extend([3, 0, 9]); // PING 9
+    mixed.extend([4, 0, 0, 1, 0]); // RESPONSE (a server-only kind)
+    vec![
+        ("session_calls.bin", calls),
+        ("session_replay.bin", replay),
+        ("session_rekey.bin", rekey),
+        ("session_swapped.bin", swapped),
+        ("session_mixed.bin", mixed),
+        ("session_bit_flip.bin", vec![7, 0, 1, 0, 77]),
+        ("session_truncated.bin", vec![8, 0, 1, 0, 20]),
+        ("session_raw.bin", vec![5, 4, 1, 2, 3, 4]),
+        ("session_sealed_garbage.bin", vec![10, 3, 0xc1, 0xff, 0x00]),
+        (
+            "session_idle.bin",
+            vec![9, 2, 0x00, 0x5f, 0x01, 9, 2, 0x00, 0x5f, 0x01],
+        ),
+    ]
 }
 
 fn plaintext_name(kind: &str) -> &'static str {
