@@ -238,6 +238,7 @@ impl ClientBuilder {
         let template = DialTemplate {
             identity,
             trusted_servers: self.trusted_servers,
+            trusted_operators: self.trusted_operators,
             url: url.to_owned(),
             origin,
             connector,

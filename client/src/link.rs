@@ -138,9 +138,10 @@ pub(crate) fn spawn(
                     security,
                     link,
                     socket,
-                    connection: Connection::client(
+                    connection: Connection::client_at(
                         dial.config.clone(),
                         Instant::now(),
+                        unix_now(),
                         &mut rand_core::OsRng,
                     ),
                     commands: receiver,
@@ -202,6 +203,16 @@ async fn connect(dial: &Dial) -> Result<Socket, ConnectError> {
         return Err(ConnectError::SubprotocolNotAccepted);
     }
     Ok(socket)
+}
+
+/// Wall-clock seconds, for checking server certificates (ID-013); 0 (no clock, so
+/// pinned keys only) if the system clock is before 1970.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 /// CLS-008: the code to put in the WebSocket close frame. RFC 6455 §7.4 allows

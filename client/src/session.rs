@@ -428,6 +428,7 @@ fn later(after: Duration) -> Instant {
 pub(crate) struct DialTemplate {
     pub(crate) identity: Identity,
     pub(crate) trusted_servers: Vec<IdentityKey>,
+    pub(crate) trusted_operators: Vec<IdentityKey>,
     pub(crate) url: String,
     pub(crate) origin: Option<HeaderValue>,
     pub(crate) connector: Connector,
@@ -446,6 +447,7 @@ impl DialTemplate {
             self.url.clone(),
             &mut rand_core::OsRng,
         )
+        .with_trusted_operators(self.trusted_operators.clone())
         .with_cap_request(self.cap_request.clone())
         .with_limits(self.limits.clone());
         if let Some(lineage) = lineage {
