@@ -59,7 +59,7 @@ async def conformance_server(
     server = toolwire.ToolServer(
         server_identity,
         client_tools={
-            client_identity.public_key: ["echo", "counter", "slow"],
+            client_identity.public_key: ["echo", "counter", "slow", "count"],
             other_identity.public_key: ["echo", "counter"],
         },
         grant_issuers=[issuer.public_key],
@@ -84,6 +84,12 @@ async def conformance_server(
         """Takes two seconds."""
         await asyncio.sleep(2)
         return "slow"
+
+    @server.tool
+    async def count(n: int) -> AsyncIterator[int]:
+        """Streams 0..n-1."""
+        for i in range(n):
+            yield i
 
     @server.tool
     async def admin() -> str:
@@ -119,6 +125,8 @@ async def test_conformance_suite_against_the_python_server(
         "--call-tool", "counter",
         "--call-args", "{}",
         "--slow-tool", "slow",
+        "--stream-tool", "count",
+        "--stream-args", '{"n": 3}',
         "--allowed-origin", ALLOWED_ORIGIN,
         "--expected-failures", EXPECTED_FAILURES,
         "--out", out,

@@ -153,6 +153,18 @@ pub(crate) struct ServerArgs {
     /// and CANCEL cases are skipped without it).
     #[arg(long, value_name = "NAME")]
     slow_tool: Option<String>,
+    /// A granted tool that streams at least one item before its result (the
+    /// streaming case is skipped without it).
+    #[arg(long, value_name = "NAME")]
+    stream_tool: Option<String>,
+    /// Arguments for --stream-tool, as a JSON object.
+    #[arg(
+        long,
+        value_name = "JSON",
+        default_value = "{}",
+        requires = "stream_tool"
+    )]
+    stream_args: String,
     /// The identity file of a second client the server allows (the cross-client
     /// lineage case is skipped without it).
     #[arg(long, value_name = "FILE")]
@@ -275,6 +287,14 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
         Some(path) => Some(identity_file::read(path)?),
         None => None,
     };
+    if let Some(tool) = args.stream_tool {
+        let stream_args: serde_json::Value = serde_json::from_str(&args.stream_args)
+            .map_err(|error| CliError::new(format!("--stream-args is not JSON: {error}")))?;
+        options.stream_call = Some(ToolCall {
+            tool,
+            args: stream_args,
+        });
+    }
     options.issuer = match &args.issuer {
         Some(path) => Some(identity_file::read(path)?),
         None => None,

@@ -64,6 +64,12 @@ pub fn cases() -> Vec<ArtifactCase> {
             run: verifier_detects_tampering,
         },
         Case {
+            id: "aud.key-text",
+            clauses: &["ID-006"],
+            description: "Every identity key the log writes (`client` of call entries, `key` of heads) is 43 base64url characters without padding; the heads' `key` is the server key.",
+            run: key_text,
+        },
+        Case {
             id: "aud.no-secrets",
             clauses: &["AUD-011"],
             description: "No secret key of the run and no grant token appears in the log.",
@@ -315,6 +321,49 @@ fn no_secrets(target: &ArtifactTarget, text: &str) -> CaseResult {
             format!("none of {} secrets found", target.secrets.len())
         } else {
             format!("found {}", found.join(", "))
+        },
+    )
+}
+
+fn key_text(target: &ArtifactTarget, text: &str) -> CaseResult {
+    let canonical = |key: &str| {
+        key.len() == 43
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && key
+                .parse::<IdentityKey>()
+                .is_ok_and(|k| k.to_string() == key)
+    };
+    let server = target.server_key.to_string();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (index, line) in text.lines().enumerate() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        for field in ["client", "key"] {
+            if let Some(key) = entry[field].as_str() {
+                checked += 1;
+                if !canonical(key) {
+                    problems.push(format!("line {}: {field} {key:?}", index + 1));
+                }
+                if field == "key" && key != server {
+                    problems.push(format!(
+                        "line {}: head key is not the server key",
+                        index + 1
+                    ));
+                }
+            }
+        }
+    }
+    CaseResult::check(
+        problems.is_empty() && checked > 0,
+        "every key as 43 base64url characters, no padding; heads name the server key",
+        if problems.is_empty() {
+            format!("{checked} keys in text form")
+        } else {
+            problems.join("; ")
         },
     )
 }

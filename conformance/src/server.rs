@@ -63,6 +63,9 @@ pub struct ServerOptions {
     /// A call that takes at least a second to run (a slow tool the identity is
     /// granted): the in-flight and CANCEL cases SKIP without it.
     pub slow_call: Option<ToolCall>,
+    /// A call of a granted tool that sends at least one STREAM_ITEM before its
+    /// RESPONSE: the streaming case SKIPs without it.
+    pub stream_call: Option<ToolCall>,
     /// Another client identity the server allows: the cross-client lineage case
     /// (AMO-001) SKIPs without it.
     pub other_identity: Option<Identity>,
@@ -92,6 +95,7 @@ impl Default for ServerOptions {
             foreign_origin: "https://foreign-origin.conformance.invalid".to_owned(),
             allowed_origin: None,
             slow_call: None,
+            stream_call: None,
             other_identity: None,
             issuer: None,
             floods: true,

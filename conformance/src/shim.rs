@@ -212,6 +212,7 @@ fn connect_error(error: &ConnectError) -> ShimReport {
         ConnectError::BadManifest => ("bad_manifest", None),
         ConnectError::SubprotocolNotAccepted => ("subprotocol_not_accepted", None),
         ConnectError::WebSocket(_) => ("websocket", None),
+        ConnectError::InsecureOrInvalidUrl(_) => ("insecure_url", None),
         ConnectError::Timeout => ("timeout", None),
         _ => ("other", None),
     };

@@ -45,6 +45,9 @@ pub fn client_cases() -> Vec<ClientCase> {
         case!("cli.fresh-ephemeral", ["HS-002", "KS-005"],
             "Two connections of the client use two different ephemeral keys and two different session ids.",
             |run| Box::pin(fresh_ephemeral(run))),
+        case!("cli.plaintext-refused", ["TRN-001"],
+            "A plain ws:// URL to a host that is not loopback (192.0.2.1): the client refuses it with a typed error before opening any connection.",
+            |run| Box::pin(plaintext_refused(run))),
         // ---- 2.2 Upgrade --------------------------------------------------------
         case!("cli.subprotocol-not-selected", ["TRN-019"],
             "An upgrade response without Sec-WebSocket-Protocol: the client abandons the connection without sending a record.",
@@ -1542,5 +1545,22 @@ async fn reconnect_resume(run: Arc<ClientRun>) -> CaseResult {
                 format!(" — {}", problems.join("; "))
             }
         ),
+    )
+}
+
+async fn plaintext_refused(run: Arc<ClientRun>) -> CaseResult {
+    let port = run.listener.local_addr().map(|a| a.port()).unwrap_or(7700);
+    let mut invocation = run.invocation(run.server.public_key(), 1);
+    invocation.url = format!("ws://192.0.2.1:{port}/toolwire");
+    let client = run.start_with(invocation);
+    let outcome = join(client).await;
+    if let Some(result) = unimplemented(&outcome) {
+        return result;
+    }
+    let error = outcome.report.as_ref().and_then(|r| r.error.clone());
+    CaseResult::check(
+        !outcome.delivered() && error.as_deref() == Some("insecure_url"),
+        "the connect fails with insecure_url, before any connection",
+        outcome.describe(),
     )
 }

@@ -206,6 +206,8 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A CANCEL for a slow call in flight is answered at once with CANCELLED (1) `cancelled`; no RESPONSE follows; the id retried gets CANCELLED again.", cancel_in_flight),
         case!("authz.in-flight-cap", ["AUTHZ-003", "LIM-010", "ERR-005"],
             "With 64 slow calls in flight, a 65th REQUEST is refused with RESOURCE_EXHAUSTED (8), `too many calls in flight`, retry_after_ms 100.", in_flight_cap),
+        case!("msg.stream-items", ["MSG-008", "MSG-009"],
+            "A streamed call: STREAM_ITEMs indexed 0, 1, 2, … then the RESPONSE, and no STREAM_ITEM for the id after it.", stream_items),
         // ---- Grants (12) ----------------------------------------------------------
         case!("grt.holder", ["HS-028", "GRT-035", "GRT-013", "AUTHZ-012"],
             "An identity the server does not know presents a valid grant (with an unknown claim) for one tool: the handshake completes, CAP_GRANT grants nothing the grant does not cover, and a call relying on it executes.", grant_holder),
@@ -2549,5 +2551,50 @@ async fn cap_request_ninth(target: Arc<ServerTarget>) -> CaseResult {
                 }
             ),
         ),
+    )
+}
+
+async fn stream_items(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(call) = target.options.stream_call.clone() else {
+        return CaseResult::skip("needs a streaming call (--stream-tool)");
+    };
+    let (mut session, _) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let request = session.request(41, &call.tool, &encode_args(&call.args));
+    session.send(&Message::Request(request)).await;
+    let mut indices = Vec::new();
+    let expected = "STREAM_ITEM indices 0, 1, 2, … then RESPONSE; nothing for the id afterwards";
+    loop {
+        match session.next().await {
+            Ok(Message::StreamItem(item)) if item.id == 41 => indices.push(item.index),
+            Ok(Message::Response(response)) if response.id == 41 => break,
+            Ok(Message::Error(error)) if error.id == Some(41) => {
+                return precondition(format!(
+                    "the streaming call was refused: ERROR {}",
+                    error.code
+                ))
+            }
+            Ok(_) => {}
+            Err(ending) => return CaseResult::check(false, expected, ending.to_string()),
+        }
+    }
+    let late = match session.collect_for(target.options.quiet).await {
+        Ok(messages) => messages
+            .iter()
+            .filter(|m| matches!(m, Message::StreamItem(item) if item.id == 41))
+            .count(),
+        Err(ending) => return CaseResult::check(false, expected, ending.to_string()),
+    };
+    let in_order = !indices.is_empty()
+        && indices
+            .iter()
+            .enumerate()
+            .all(|(position, index)| u64::try_from(position).ok() == Some(*index));
+    CaseResult::check(
+        in_order && late == 0,
+        expected,
+        format!("indices {indices:?}, RESPONSE, then {late} STREAM_ITEM(s)"),
     )
 }

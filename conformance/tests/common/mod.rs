@@ -65,6 +65,17 @@ fn tools() -> Vec<Tool> {
             },
         ),
         Tool::new(
+            "stream",
+            "Streams three items, then returns.",
+            serde_json::json!({"type": "object"}),
+            |_, context| async move {
+                for index in 0..3 {
+                    context.send_item(serde_json::json!({ "item": index }));
+                }
+                Ok(serde_json::json!("done"))
+            },
+        ),
+        Tool::new(
             "admin",
             "Not granted to the conformance identity.",
             serde_json::json!({"type": "object"}),
@@ -93,7 +104,7 @@ pub async fn start(
     ));
     let _ = std::fs::remove_file(&audit_log);
     let mut builder: ServerBuilder = Server::builder(identity.clone(), url.clone())
-        .allow_client_tools(client.public_key(), ["echo", "counter", "slow"])
+        .allow_client_tools(client.public_key(), ["echo", "counter", "slow", "stream"])
         .allow_client_tools(other.public_key(), ["echo", "counter"])
         .trust_grant_issuer(issuer.public_key())
         .allow_origin("https://app.conformance.invalid")
@@ -139,6 +150,10 @@ pub fn options() -> ServerOptions {
         args: serde_json::json!({}),
     });
     options.allowed_origin = Some("https://app.conformance.invalid".to_owned());
+    options.stream_call = Some(ToolCall {
+        tool: "stream".to_owned(),
+        args: serde_json::json!({}),
+    });
     options.slow_call = Some(ToolCall {
         tool: "slow".to_owned(),
         args: serde_json::json!({}),
