@@ -11,8 +11,15 @@
 //! ([`SharedAtMostOnce::wait_for`]); when the running call completes, is cancelled or
 //! abandoned, the outcome is handed to every waiter, which answers its own copy of
 //! the request (a RESPONSE signed for its own session, or the ERROR). An abandoned
-//! call (its connection died first, or its handler crashed) has no known outcome:
-//! waiters are answered RESULT_UNAVAILABLE.
+//! call (its handler crashed, or it was stopped) has no known outcome: waiters are
+//! answered RESULT_UNAVAILABLE.
+//!
+//! A call whose peer went away runs on without its connection (`connection.rs`,
+//! `finish_detached`), at most `Limits::max_in_flight` per client identity
+//! ([`SharedAtMostOnce::try_detach`]), so that its outcome reaches the waiters and
+//! the cache. The task running each call is registered here
+//! ([`SharedAtMostOnce::started`]), so that a CANCEL arriving on any connection of the
+//! lineage stops it ([`SharedAtMostOnce::cancel_elsewhere`], AMO-023).
 //!
 //! # Durable store (AMO-035)
 //!
