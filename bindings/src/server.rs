@@ -16,15 +16,16 @@ use crate::runtime::{awaitable, runtime, with_python};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyCFunction};
+use pyo3::types::{PyBytes, PyCFunction, PyDict};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use toolwire_protocol::authz::{AuthorizationRequest, Authorizer, Decision};
+use toolwire_protocol::events::PeerText;
 use toolwire_protocol::{ErrorCode, IdentityKey};
 use toolwire_server::{
-    CallContext as RustCallContext, Limits, Server, Tool, ToolError, ToolResult,
+    Alert, CallContext as RustCallContext, Limits, Server, Tool, ToolError, ToolResult,
 };
 
 /// One tool as the Python registry describes it: name, description, input schema
@@ -259,6 +260,89 @@ impl Authorizer for PythonAuthorizer {
     }
 }
 
+/// Alerts queued for Python at most; beyond, the server drops them (EVT-003: the
+/// sink never blocks a connection task) and the events stay in the log.
+const ALERT_QUEUE: usize = 256;
+
+/// The alert sink of a Python server: a bounded queue, drained by a task that hands
+/// each alert, as a dict, to `callback` on the server's event loop
+/// (`call_soon_threadsafe`).
+fn alerts_to_python(callback: Py<PyAny>, event_loop: Py<PyAny>) -> mpsc::Sender<Alert> {
+    let (sender, mut receiver) = mpsc::channel::<Alert>(ALERT_QUEUE);
+    runtime().spawn(async move {
+        while let Some(alert) = receiver.recv().await {
+            let delivered = with_python(|py| -> PyResult<()> {
+                let alert = alert_dict(py, &alert)?;
+                event_loop
+                    .bind(py)
+                    .call_method1("call_soon_threadsafe", (callback.bind(py), alert))?;
+                Ok(())
+            });
+            match delivered {
+                Some(Ok(())) => {}
+                // The loop is closed or the interpreter exits: nobody listens.
+                Some(Err(_)) | None => break,
+            }
+        }
+    });
+    sender
+}
+
+/// An alert as the Python callback receives it: the spec's field names (section 18)
+/// as keys, fields that do not apply left out.
+fn alert_dict<'py>(py: Python<'py>, alert: &Alert) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    let record = &alert.record;
+    dict.set_item("event", record.event.name().as_str())?;
+    dict.set_item("time", record.time_rfc3339())?;
+    dict.set_item("role", record.context.role_str())?;
+    dict.set_item("occurrences", alert.occurrences)?;
+    if let Some(session_id) = record.session_id_hex() {
+        dict.set_item("session_id", session_id)?;
+    }
+    if let Some(peer_key) = record.peer_key_text() {
+        dict.set_item("peer_key", peer_key)?;
+    }
+    if let Some(peer_addr) = alert.peer_addr {
+        dict.set_item("peer_addr", peer_addr.to_string())?;
+    }
+    let fields = record.event.fields();
+    let numbers = [
+        ("close_code", fields.close_code.map(u64::from)),
+        ("http_status", fields.http_status.map(u64::from)),
+        ("epoch", fields.epoch.map(u64::from)),
+        ("seq", fields.seq),
+        ("length", fields.length),
+        ("limit", fields.limit),
+        ("retry_after_ms", fields.retry_after_ms),
+        ("request_id", fields.request_id),
+        ("calls", fields.calls),
+        ("window_ms", fields.window_ms),
+    ];
+    for (name, value) in numbers {
+        if let Some(value) = value {
+            dict.set_item(name, value)?;
+        }
+    }
+    let texts = [
+        ("side", fields.side),
+        ("origin", fields.origin.map(PeerText::as_str)),
+        ("reason", fields.reason),
+        ("kind", fields.kind),
+        ("tool", fields.tool.map(PeerText::as_str)),
+        ("grant_id", fields.grant_id.map(PeerText::as_str)),
+    ];
+    for (name, value) in texts {
+        if let Some(value) = value {
+            dict.set_item(name, value)?;
+        }
+    }
+    if let Some(peer_addr) = fields.peer_addr {
+        dict.set_item("peer_addr", peer_addr.to_string())?;
+    }
+    Ok(dict)
+}
+
 /// Applies `(name, value)` pairs to the default limits.
 fn limits(overrides: Vec<(String, f64)>) -> PyResult<Limits> {
     let mut limits = Limits::default();
@@ -322,7 +406,7 @@ fn tool(spec: ToolSpec, python: &Arc<PythonSide>) -> PyResult<Tool> {
 #[pyfunction]
 #[pyo3(signature = (
     identity, *, host, port, path, url, allowed_clients, client_tools, grant_issuers,
-    allowed_origins, limits, tools, dispatch, authorize
+    allowed_origins, limits, tools, dispatch, authorize, on_alert=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server<'py>(
@@ -340,8 +424,10 @@ pub(crate) fn start_server<'py>(
     tools: Vec<ToolSpec>,
     dispatch: Py<PyAny>,
     authorize: Option<Py<PyAny>>,
+    on_alert: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let event_loop = crate::runtime::running_loop(py)?.unbind();
+    let alert_sink = on_alert.map(|callback| alerts_to_python(callback, event_loop.clone_ref(py)));
     let python = Arc::new(PythonSide {
         dispatch,
         event_loop,
@@ -400,6 +486,9 @@ pub(crate) fn start_server<'py>(
         }
         if let Some(authorizer) = authorizer {
             builder = builder.authorizer(authorizer);
+        }
+        if let Some(sink) = alert_sink {
+            builder = builder.alert_sink(sink);
         }
         let server = builder.build().map_err(|error| {
             NativeError::Value(format!("invalid server configuration: {error}"))

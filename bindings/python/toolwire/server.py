@@ -128,6 +128,15 @@ class AuthorizationRequest:
 
 AuthorizeHook = Callable[[AuthorizationRequest], bool]
 
+AlertHandler = Callable[[dict[str, Any]], None]
+"""Receives one alert (spec section 18): a dict with the keys ``event`` (the event
+name, e.g. ``"origin_rejected"``), ``time`` (RFC 3339, UTC), ``role``,
+``occurrences`` (events of the kind counted in the window, 1 when there is no
+threshold), ``peer_addr``, ``session_id`` and ``peer_key`` when known, and the
+event's own fields (``origin``, ``http_status``, ``reason``, ``epoch``, ``seq``,
+``tool``, ``request_id``, ...). Peer-controlled text is escaped and at most 128
+bytes long. Never holds keys, tokens, signatures, arguments or results."""
+
 
 @dataclasses.dataclass(frozen=True)
 class _Tool:
@@ -218,7 +227,12 @@ class ToolServer:
     ``grant_issuers`` are keys whose capability grants are trusted. At least one of
     them must be given. ``allowed_origins`` are the browser origins allowed to
     connect (``https://app.example``; default: none). ``authorize`` is a per-call
-    policy hook (see :meth:`authorizer`). Synchronous handlers run in
+    policy hook (see :meth:`authorizer`). ``on_alert`` receives the server's alerts
+    (a foreign ``Origin``, repeated authentication failures from one address, replayed
+    or tampered records, oversize frames, rate-limit refusals past a threshold, ...)
+    as dicts (see :data:`AlertHandler`), called on the event loop; without it alerts
+    are logged at WARNING on ``toolwire.alert``. Alerts that arrive faster than the
+    loop takes them (more than 256 queued) are dropped, never slowing the server. Synchronous handlers run in
     ``sync_executor`` (default: the event loop's default executor).
     """
 
@@ -232,6 +246,7 @@ class ToolServer:
         allowed_origins: Iterable[str] = (),
         limits: Limits | None = None,
         authorize: AuthorizeHook | None = None,
+        on_alert: AlertHandler | None = None,
         path: str = "/toolwire",
         sync_executor: concurrent.futures.Executor | None = None,
     ) -> None:
@@ -244,6 +259,7 @@ class ToolServer:
         self._allowed_origins = list(allowed_origins)
         self._limits = limits or Limits()
         self._authorize = authorize
+        self._on_alert = on_alert
         if not path.startswith("/"):
             raise ConfigurationError(f"path must start with '/', not {path!r}")
         self._path = path
@@ -369,6 +385,7 @@ class ToolServer:
             tools=[tool.spec() for tool in self._tools.values()],
             dispatch=self._dispatch,
             authorize=None if self._authorize is None else self._check_authorization,
+            on_alert=self._on_alert,
         )
         self._running = RunningServer(self, native)
         logger.info("toolwire server listening on %s (key %s)", native.url, native.public_key)
