@@ -31,13 +31,16 @@ use toolwire_server::protocol::events::{EventName, SecurityEvent};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// chromedriver, killed when dropped.
-struct Driver(Child);
+/// chromedriver, killed when dropped (its fresh Chromium profile removed with it).
+struct Driver(Child, Option<std::path::PathBuf>);
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(profile) = &self.1 {
+            let _ = std::fs::remove_dir_all(profile);
+        }
     }
 }
 
@@ -116,13 +119,14 @@ async fn browser() -> Result<(Driver, fantoccini::Client), String> {
             .map_err(|error| error.to_string())?
             .port()
     };
-    let driver = Driver(
+    let mut driver = Driver(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|error| format!("chromedriver does not start: {error}"))?,
+        None,
     );
     let started = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -138,6 +142,7 @@ async fn browser() -> Result<(Driver, fantoccini::Client), String> {
         "toolwire-cswsh-profile-{}-{port}",
         std::process::id()
     ));
+    driver.1 = Some(profile.clone());
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".into(),
