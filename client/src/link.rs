@@ -78,6 +78,8 @@ pub(crate) enum LinkCommand {
     Cancel(u64),
     /// Close with this code (after an authenticated CLOSE).
     Close(CloseCode),
+    /// Send a CAP_REQUEST (the server answers with CAP_UPDATE, GRT-039).
+    CapRequest(toolwire_protocol::message::CapRequest),
 }
 
 /// What a link's handshake and capability grant established.
@@ -426,6 +428,11 @@ impl Driver {
                 }
             }
             Some(LinkCommand::Close(code)) => self.connection.close(code, ""),
+            Some(LinkCommand::CapRequest(request)) => {
+                let _ = self
+                    .connection
+                    .send(Instant::now(), Message::CapRequest(request));
+            }
             None => self.connection.close(CloseCode::NORMAL, ""),
         }
     }

@@ -91,6 +91,8 @@ impl Sink {
     }
 }
 
+type CapabilityReply = oneshot::Sender<Result<Vec<String>, CallError>>;
+
 enum Command {
     Call {
         id: u64,
@@ -101,6 +103,10 @@ enum Command {
     },
     Cancel(u64),
     Close,
+    RequestCapabilities {
+        request: CapRequest,
+        reply: CapabilityReply,
+    },
 }
 
 /// What the session knows about its grants and the server's tools.
@@ -204,6 +210,38 @@ impl Session {
         let mut names: Vec<String> = lock(&self.shared).granted.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Asks the server, mid-session, for more tools and presents more grants
+    /// (CAP_REQUEST, spec section 12.5) — for example a grant bound to this session
+    /// (`sid` = [`session_id`](Self::session_id)), which cannot be presented in the
+    /// handshake. Returns the complete granted set the server answered with
+    /// (CAP_UPDATE). Grants that do not verify are disregarded by the server: check
+    /// the returned set. The request is sent again on every connection the session
+    /// opens later, so what it added survives a reconnect (a session-bound grant does
+    /// not: it names the old session).
+    ///
+    /// # Errors
+    /// [`CallError::ConnectionClosed`] when the session has no open connection (ended,
+    /// or between connections) or the connection closed before the answer.
+    pub async fn request_capabilities<I, S>(
+        &self,
+        tools: I,
+        grants: Vec<String>,
+    ) -> Result<Vec<String>, CallError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let (reply, answer) = oneshot::channel();
+        let request = CapRequest {
+            tools: tools.into_iter().map(Into::into).collect(),
+            grants,
+        };
+        self.commands
+            .send(Command::RequestCapabilities { request, reply })
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
     }
 
     /// The close code of the last connection, while the session has no connection
@@ -491,6 +529,9 @@ pub(crate) async fn open(
         lost_with: CloseCode::GOING_AWAY,
         retry_at: None,
         renew_at: None,
+        capability_requests: std::collections::VecDeque::new(),
+        extra_requests: Vec::new(),
+        replayed_updates: HashMap::new(),
         connected: Some(connected),
         ended: None,
     };
@@ -557,6 +598,14 @@ struct Supervisor {
     retry_at: Option<Instant>,
     /// When to open the replacement of the active connection (LIFE-004).
     renew_at: Option<Instant>,
+    /// Callers of [`Session::request_capabilities`] waiting for the CAP_UPDATE that
+    /// answers their CAP_REQUEST, with the link it was sent on, in order.
+    capability_requests: std::collections::VecDeque<(u64, CapabilityReply)>,
+    /// CAP_REQUESTs of this session, sent again on every new connection so that the
+    /// capabilities they added survive a reconnect.
+    extra_requests: Vec<CapRequest>,
+    /// Per link, how many CAP_UPDATEs answer those replayed requests (no caller waits).
+    replayed_updates: HashMap<u64, usize>,
     /// The caller of [`open`], until the first connection is ready or failed.
     connected: Option<oneshot::Sender<Result<(), ConnectError>>>,
     /// The session is over, with this code; the task ends once its links are gone.
@@ -618,6 +667,9 @@ impl Supervisor {
                 }
             }
             Some(Command::Close) => self.close_session(CloseCode::NORMAL),
+            Some(Command::RequestCapabilities { request, reply }) => {
+                self.request_capabilities(request, reply);
+            }
             None => {
                 self.commands_open = false;
                 self.close_session(CloseCode::NORMAL);
@@ -637,6 +689,7 @@ impl Supervisor {
                     }
                     shared.granted = granted;
                 }
+                self.answer_capability_request(link);
             }
             LinkEvent::Answer { id, outcome } => {
                 if self
@@ -754,7 +807,59 @@ impl Supervisor {
         if let Some(connected) = self.connected.take() {
             let _ = connected.send(Ok(()));
         }
+        if !self.extra_requests.is_empty() {
+            self.replayed_updates
+                .insert(link, self.extra_requests.len());
+            for request in self.extra_requests.clone() {
+                self.send_to(link, LinkCommand::CapRequest(request));
+            }
+        }
         self.dispatch_waiting();
+    }
+
+    /// Sends a CAP_REQUEST on the active connection; the reply waits for the
+    /// CAP_UPDATE that answers it.
+    fn request_capabilities(&mut self, request: CapRequest, reply: CapabilityReply) {
+        let link = match (self.ended, self.active) {
+            (Some(code), _) => {
+                let _ = reply.send(Err(CallError::ConnectionClosed { code }));
+                return;
+            }
+            (None, None) => {
+                let _ = reply.send(Err(CallError::ConnectionClosed {
+                    code: self.lost_with,
+                }));
+                return;
+            }
+            (None, Some(link)) => link,
+        };
+        self.extra_requests.push(request.clone());
+        self.send_to(link, LinkCommand::CapRequest(request));
+        self.capability_requests.push_back((link, reply));
+    }
+
+    /// A CAP_UPDATE arrived on `link`: it answers the oldest CAP_REQUEST sent there
+    /// (GRT-039), unless it answers one replayed after a reconnect.
+    fn answer_capability_request(&mut self, link: u64) {
+        if let Some(replayed) = self.replayed_updates.get_mut(&link) {
+            *replayed -= 1;
+            if *replayed == 0 {
+                self.replayed_updates.remove(&link);
+            }
+            return;
+        }
+        let Some(position) = self
+            .capability_requests
+            .iter()
+            .position(|(on, _)| *on == link)
+        else {
+            return;
+        };
+        if let Some((_, reply)) = self.capability_requests.remove(position) {
+            let mut granted: Vec<String> = lock(&self.shared).granted.keys().cloned().collect();
+            granted.sort();
+            let _ = reply.send(Ok(granted));
+        }
     }
 
     fn on_failed(&mut self, link: u64, error: ConnectError) {
@@ -799,6 +904,14 @@ impl Supervisor {
         let Some(state) = self.links.remove(&link) else {
             return;
         };
+        self.replayed_updates.remove(&link);
+        let (lost, waiting) = std::mem::take(&mut self.capability_requests)
+            .into_iter()
+            .partition(|(on, _)| *on == link);
+        self.capability_requests = waiting;
+        for (_, reply) in lost {
+            let _ = reply.send(Err(CallError::ConnectionClosed { code }));
+        }
         let was_active = self.active == Some(link);
         if was_active {
             self.active = None;
