@@ -88,13 +88,16 @@ async def rust_server(
     key_file = tmp_path / "server.key"
     server_identity = toolwire.Identity.generate()
     server_identity.save(key_file)
-    process = await asyncio.create_subprocess_exec(
-        str(cli), "serve", "--identity", str(key_file), "--listen", "127.0.0.1:0",
-        "--allow-client", str(client_identity.public_key),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    # The server's log goes to a file: a pipe nobody reads while the test runs would
+    # fill and stall the server.
+    with open(tmp_path / "server.log", "wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(cli), "serve", "--identity", str(key_file), "--listen", "127.0.0.1:0",
+            "--allow-client", str(client_identity.public_key),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
     assert process.stdout is not None
     stdout = process.stdout
     fields: dict[str, str] = {}

@@ -670,6 +670,13 @@ impl EventRecord {
     /// Logs the event with `tracing` on target [`TARGET`], with the spec's field
     /// names: WARN for alert events, INFO for the others.
     pub fn log(&self) {
+        self.log_as(self.event.is_alert());
+    }
+
+    /// [`log`](Self::log) at WARN when `warn`, else at INFO (a driver that counts an
+    /// event kind against a threshold warns only when the threshold is reached, so
+    /// that a peer cannot flood the log with warnings).
+    pub fn log_as(&self, warn: bool) {
         let name = self.event.name();
         let time = self.time_rfc3339();
         let role = self.context.role_str();
@@ -691,7 +698,7 @@ impl EventRecord {
                 )
             };
         }
-        match (&self.event, name.is_alert()) {
+        match (&self.event, warn) {
             (
                 SecurityEvent::ConnectionClosed {
                     close_code,

@@ -20,7 +20,10 @@
 //! count reaches the threshold, with the count in [`Alert::occurrences`].
 //!
 //! Every event, below a threshold or not, is also logged (`toolwire::event`) and
-//! counted (`toolwire_security_events_total`).
+//! counted (`toolwire_security_events_total`). Counted kinds are logged at INFO, the
+//! other alerts at WARN: a peer repeating a counted event (a flood of refused
+//! calls) cannot flood the log with warnings; the alert at the threshold is what
+//! warns (the default sink logs it at WARN).
 
 use crate::metrics;
 use std::collections::HashMap;
@@ -133,6 +136,17 @@ enum Subject {
     Identity(IdentityKey),
     /// The shared counter of keys that found the table full.
     Overflow,
+}
+
+/// Whether alerts of this kind reach the sink only past a threshold.
+pub(crate) fn counted(name: EventName) -> bool {
+    matches!(
+        name,
+        EventName::AuthFailed
+            | EventName::HandshakeFailed
+            | EventName::PreauthLimited
+            | EventName::RateLimited
+    )
 }
 
 /// The kinds of counted events.

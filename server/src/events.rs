@@ -25,8 +25,8 @@ pub(crate) fn report(
     event: SecurityEvent,
 ) {
     let record = EventRecord::new(SystemTime::now(), context, event);
-    record.log();
     let name = record.event.name();
+    record.log_as(name.is_alert() && !crate::alerts::counted(name));
     metrics::security_event(name);
     if name.is_alert() {
         inner.alerts.consider(record, peer);
