@@ -50,6 +50,12 @@ pub struct Limits {
     /// memory and the connection task held for a peer that stops reading (its TCP
     /// window stays shut) while the server has answers or stream items to send.
     pub write_stall_timeout: Duration,
+    /// Bytes read from the socket at a time: the read buffer (tungstenite's) that
+    /// every connection keeps, idle or not. Default 2 KiB. A record larger than it
+    /// takes more than one read. Bounds the memory each idle connection holds
+    /// (with tungstenite's default of 128 KiB, 10,000 idle connections would hold
+    /// 1.3 GB). Values below 256 are raised to 256.
+    pub socket_read_buffer: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +73,7 @@ impl Default for Limits {
             max_consecutive_refusals: 100,
             max_clock_skew_secs: 30,
             write_stall_timeout: Duration::from_secs(10),
+            socket_read_buffer: 2 * 1024,
         }
     }
 }

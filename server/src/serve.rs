@@ -249,7 +249,7 @@ impl Server {
         };
         let max_frame = max_frame_len(&inner.limits.connection);
         let config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(inner.limits.socket_read_buffer.max(256))
             .write_buffer_size(0)
             .max_write_buffer_size(1024 * 1024)
             .max_message_size(Some(max_frame))
