@@ -176,6 +176,9 @@ pub(crate) struct ServerArgs {
     /// The server's audit log: after the server cases, the artifact cases check it.
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// The server is configured to require an Origin header (TRN-013).
+    #[arg(long)]
+    origin_required: bool,
     /// Skip the flood cases (rate limit, pre-authentication limit, lineage quota).
     #[arg(long)]
     no_floods: bool,
@@ -299,6 +302,7 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
         Some(path) => Some(identity_file::read(path)?),
         None => None,
     };
+    options.origin_required = args.origin_required;
     options.floods = !args.no_floods;
     options.default_limits = !args.non_default_limits;
     let expected = read_expected(args.expected_failures.as_ref())?;

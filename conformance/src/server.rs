@@ -73,6 +73,9 @@ pub struct ServerOptions {
     /// grant cases, presented by identities the server does not otherwise know):
     /// the grant cases SKIP without it.
     pub issuer: Option<Identity>,
+    /// The server is configured to require an `Origin` header (TRN-013); the
+    /// required-origin case SKIPs otherwise.
+    pub origin_required: bool,
     /// Run the flood cases (rate limit, pre-authentication limit, at-most-once
     /// bounds): they exhaust the identity's rate budget for a second or two, so they
     /// run last. Default true.
@@ -98,6 +101,7 @@ impl Default for ServerOptions {
             stream_call: None,
             other_identity: None,
             issuer: None,
+            origin_required: false,
             floods: true,
             default_limits: true,
             only: Vec::new(),

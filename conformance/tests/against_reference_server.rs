@@ -45,6 +45,8 @@ async fn reference_server_and_vectors_pass_with_zero_fail() {
         .cases
         .iter()
         .filter(|c| !matches!(c.verdict, Verdict::Pass | Verdict::Info))
+        // This server does not require Origin: the next test runs that case.
+        .filter(|c| !(c.id == "trn.origin.required" && c.verdict == Verdict::Skip))
         .map(|c| {
             format!(
                 "{} {}: expected {}; observed {}; {}",
@@ -72,6 +74,25 @@ async fn reference_server_and_vectors_pass_with_zero_fail() {
             .write_all(std::path::Path::new(&dir))
             .expect("reports written");
     }
+}
+
+/// TRN-013 needs a server configured to require Origin: a second server, one case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_requiring_origin_refuses_upgrades_without_one() {
+    let target = common::start(|dangerous| dangerous.done().require_origin().dangerous()).await;
+    let mut options = common::options_for(&target);
+    options.origin_required = true;
+    options.only = vec!["trn.origin.required".to_owned()];
+    let report = server::run(
+        &target.url,
+        target.server_key,
+        target.client.clone(),
+        options,
+    )
+    .await;
+    let case = report.case("trn.origin.required").expect("the case ran");
+    assert_eq!(case.verdict, Verdict::Pass, "{case:?}");
+    assert_eq!(report.cases.len(), 1);
 }
 
 fn check_reports(report: &Report) {

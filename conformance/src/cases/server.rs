@@ -172,6 +172,8 @@ pub fn server_cases() -> Vec<ServerCase> {
             "The allowed Origin with its host in upper case is accepted (scheme and host compare case-insensitively); with an explicit default port it is refused with 403 (no normalization).", origin_allowed_variants),
         case!("trn.origin.repeated", ["TRN-009", "TRN-008"],
             "The allowed Origin sent on two header lines is refused with 403 (joined by \", \" it matches nothing).", origin_repeated),
+        case!("trn.origin.required", ["TRN-013"],
+            "A server configured to require Origin refuses an upgrade without one with 403.", origin_required),
         case!("trn.no-authority-from-headers", ["TRN-020"],
             "An unknown identity whose upgrade carries `Authorization: Bearer` and `Cookie` headers is still refused with AUTH_FAILED (4001).", no_authority_from_headers),
         case!("trn.ws-ping-frame", ["TRN-028"],
@@ -200,6 +202,8 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A second connection resuming the first one's lineage (the first 16 bytes of its session id) re-sends an executed id with retry: answered from the cache with the same result bytes, signed for the new session.", resume_lineage),
         case!("amo.recovered-lineage", ["AMO-005", "AMO-014", "AMO-015", "AMO-016"],
             "Resuming a lineage the server never held: a retried id is refused with RESULT_UNAVAILABLE (101), again 101 the second time (recorded, no outcome), and a new id without retry executes.", recovered_lineage),
+        case!("amo.admission-order", ["AMO-017"],
+            "On a recovered lineage, a retried id of 2^62 is INVALID_ARGUMENT (3) (range before recovery), and after id 5000 executed a retried never-seen id 1 is STALE_REQUEST_ID (100) (staleness before recovery), not RESULT_UNAVAILABLE.", admission_order),
         case!("amo.other-client-lineage", ["AMO-001"],
             "Another client resuming the first client's lineage id gets its own (recovered) lineage: a retried id is RESULT_UNAVAILABLE (101), never the first client's cached result.", other_client_lineage),
         case!("amo.cancel-in-flight", ["AMO-021", "AMO-022", "AMO-023", "AMO-024"],
@@ -231,6 +235,8 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A validly signed grant whose `exp` is not RFC 3339: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::BadTime))),
         case!("grt.expired", ["GRT-025", "HS-027"],
             "A grant that expired an hour ago: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::Expired))),
+        case!("grt.clock-skew", ["LIM-014", "AUTHZ-013"],
+            "A grant that expired 27 s ago is accepted in the handshake (30 s skew), and a call relying on it once now − 30 s has passed its exp is refused with GRANT_EXPIRED (102); one that expired 40 s ago is disregarded (4001).", clock_skew),
         case!("grt.wrong-holder", ["GRT-031", "HS-027"],
             "A valid grant held by another identity: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::OtherHolder))),
         case!("grt.foreign-issuer", ["GRT-020"],
@@ -240,6 +246,8 @@ pub fn server_cases() -> Vec<ServerCase> {
         // ---- Floods (last: they drain the identity's budgets) ------------------
         case!("amo.lineage-quota", ["AMO-031", "AMO-032", "LIM-015"],
             "After 17 fresh lineages of one client each executed a call, the oldest was dropped: resuming it, its id retried is RESULT_UNAVAILABLE (101).", lineage_quota),
+        case!("amo.cache-per-lineage", ["AMO-029"],
+            "257 calls executed in one lineage: the outcome of the first was dropped (RESULT_UNAVAILABLE, 101), the last is still answered from the cache.", cache_per_lineage),
         case!("trn.preauth-limit", ["TRN-022", "LIM-012"],
             "With 64 connections of this address not past the handshake, the 65th upgrade is refused with 429.", preauth_limit),
         case!("authz.rate-limit", ["AUTHZ-004", "AUTHZ-005", "AUTHZ-002", "LIM-011", "ERR-005"],
@@ -2597,4 +2605,177 @@ async fn stream_items(target: Arc<ServerTarget>) -> CaseResult {
         expected,
         format!("indices {indices:?}, RESPONSE, then {late} STREAM_ITEM(s)"),
     )
+}
+
+async fn origin_required(target: Arc<ServerTarget>) -> CaseResult {
+    if !target.options.origin_required {
+        return CaseResult::skip("the server does not require Origin (--origin-required)");
+    }
+    expect_status(&target, None, Some(SUBPROTOCOL), 403).await
+}
+
+async fn admission_order(target: Arc<ServerTarget>) -> CaseResult {
+    let mut lineage = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut lineage);
+    let (mut session, grant) = match established_resuming(
+        &target,
+        target.identity.clone(),
+        Some(lineage.to_vec()),
+    )
+    .await
+    {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let args = encode_args(&call.args);
+    let mut huge = session.request(1 << 62, &call.tool, &args);
+    huge.retry = true;
+    let first = answer(&mut session, &huge).await;
+    let top = session.request(5000, &call.tool, &args);
+    let executed = answer(&mut session, &top).await;
+    let mut old = session.request(1, &call.tool, &args);
+    old.retry = true;
+    let stale = answer(&mut session, &old).await;
+    let code = |outcome: &Result<Message, Ending>| match outcome {
+        Ok(Message::Error(error)) => Some(error.code),
+        _ => None,
+    };
+    CaseResult::check(
+        code(&first) == Some(3)
+            && matches!(executed, Ok(Message::Response(_)))
+            && code(&stale) == Some(100),
+        "2^62 with retry: INVALID_ARGUMENT (3); id 5000: RESPONSE; id 1 with retry: STALE_REQUEST_ID (100)",
+        format!(
+            "{}; {}; {}",
+            describe(&first),
+            describe(&executed),
+            describe(&stale)
+        ),
+    )
+}
+
+async fn clock_skew(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(issuer) = target.options.issuer.clone() else {
+        return CaseResult::skip("needs a grant issuer the server trusts (--issuer)");
+    };
+    let Some(call) = target.options.call.clone() else {
+        return CaseResult::skip("needs a callable tool (--call-tool)");
+    };
+    if !target.options.default_limits {
+        return CaseResult::skip("the server is configured with other limits");
+    }
+    let expected =
+        "exp 27 s ago: accepted, then GRANT_EXPIRED (102) once past the skew; exp 40 s ago: 4001";
+    // Past the skew: refused in the handshake.
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let mut claims = grant_claims(&target, &issuer, &stranger.public_key(), &[&call.tool]);
+    claims.insert("exp".into(), rfc3339(now_unix() - 40).into());
+    let too_old = sign_claims(&issuer, &json_text(&claims));
+    let refused = match present_grants(&target, stranger, vec![too_old]).await {
+        Err(result) => return result,
+        Ok(Ok(_)) => {
+            return CaseResult::check(false, expected, "a grant 40 s past exp was ACCEPTED")
+        }
+        Ok(Err(ending)) => ending,
+    };
+    if expect_handshake_close(&refused, 4001).verdict != Verdict::Pass {
+        return CaseResult::check(false, expected, format!("exp 40 s ago: {refused}"));
+    }
+    // Within the skew: accepted, until now − 30 s reaches exp.
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let exp = now_unix() - 27;
+    let mut claims = grant_claims(&target, &issuer, &stranger.public_key(), &[&call.tool]);
+    claims.insert("exp".into(), rfc3339(exp).into());
+    let jti = claims["jti"].as_str().unwrap_or_default().to_owned();
+    let token = sign_claims(&issuer, &json_text(&claims));
+    let (mut session, grant) = match present_grants(&target, stranger.clone(), vec![token]).await {
+        Err(result) => return result,
+        Ok(Err(ending)) => {
+            return CaseResult::check(false, expected, format!("exp 27 s ago: {ending}"))
+        }
+        Ok(Ok(established)) => established,
+    };
+    if grant.granted.is_empty() {
+        return CaseResult::new(
+            Verdict::Info,
+            expected,
+            "accepted, but CAP_GRANT grants nothing",
+            "the server's policy does not admit grant holders: AUTHZ-013 not exercised",
+        );
+    }
+    // Wait until now − 30 s ≥ exp, with a margin of a second and a half.
+    let wait = u64::try_from(exp + 30 - now_unix()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait * 1000 + 1500)).await;
+    let args = encode_args(&call.args);
+    let mut request = session.request(1, &call.tool, &args);
+    request.grant_id = Some(jti.clone());
+    let signature = stranger.sign(&peer::request_signing_bytes(
+        &session.session_id,
+        1,
+        &call.tool,
+        &args,
+        &jti,
+    ));
+    request.signature = Some(signature.to_vec().into());
+    let outcome = answer(&mut session, &request).await;
+    CaseResult::check(
+        matches!(&outcome, Ok(Message::Error(error)) if error.code == 102),
+        expected,
+        format!(
+            "exp 40 s ago: 4001; exp 27 s ago: accepted; after the skew: {}",
+            describe(&outcome)
+        ),
+    )
+}
+
+async fn cache_per_lineage(target: Arc<ServerTarget>) -> CaseResult {
+    if !target.options.floods {
+        return CaseResult::skip("flood cases disabled");
+    }
+    if !target.options.default_limits {
+        return CaseResult::skip("the server is configured with other limits");
+    }
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let Some((call, _)) = call_of(&target, &grant) else {
+        return CaseResult::skip("no tool is granted to the identity");
+    };
+    let args = encode_args(&call.args);
+    for id in 1..=257u64 {
+        let request = session.request(id, &call.tool, &args);
+        match answer_paced(&mut session, &request).await {
+            Ok(Message::Response(_)) => {}
+            other => return precondition(format!("call {id}: {}", describe(&other))),
+        }
+    }
+    let oldest = session.request(1, &call.tool, &args);
+    let first = answer_paced(&mut session, &oldest).await;
+    let newest = session.request(257, &call.tool, &args);
+    let last = answer_paced(&mut session, &newest).await;
+    CaseResult::check(
+        matches!(&first, Ok(Message::Error(error)) if error.code == 101)
+            && matches!(last, Ok(Message::Response(_))),
+        "id 1: RESULT_UNAVAILABLE (101); id 257: RESPONSE from the cache",
+        format!("id 1: {}; id 257: {}", describe(&first), describe(&last)),
+    )
+}
+
+/// [`answer`], sending the REQUEST again after `retry_after_ms` while the server
+/// refuses it with RESOURCE_EXHAUSTED (a refused id is not recorded, AMO-018).
+async fn answer_paced(session: &mut Session, request: &Request) -> Result<Message, Ending> {
+    for _ in 0..50 {
+        match answer(session, request).await {
+            Ok(Message::Error(error)) if error.code == ErrorCode::RESOURCE_EXHAUSTED.0 => {
+                let wait = error.retry_after_ms.unwrap_or(100).clamp(10, 2000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            other => return other,
+        }
+    }
+    answer(session, request).await
 }
