@@ -144,13 +144,17 @@ pub async fn run(settings: &HandshakeSettings) -> Result<HandshakeFigures> {
             let (server, client, stop, count) =
                 (server.clone(), client.clone(), stop.clone(), count.clone());
             tasks.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
+                // At least one handshake per task, whatever the timing.
+                loop {
                     let session = server.connect(&client, true).await?;
                     if session.granted_tools() != ["echo"] {
                         return Err(crate::util::fail("the grant does not name the echo tool"));
                     }
                     session.close();
                     count.fetch_add(1, Ordering::Relaxed);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                 }
                 Ok::<_, crate::util::BoxError>(())
             }));

@@ -45,14 +45,15 @@ pub struct Settings {
     pub python_args: Vec<String>,
 }
 
-/// Rate limits low enough that a debug build's flooder exceeds them in a fraction
-/// of a second, while clients calling every 100 ms stay within them.
+/// Rate limits low enough that a debug build's flooder exceeds them with its first
+/// batch of calls in flight, while clients making two or three calls per phase stay
+/// within them.
 fn smoke_flood_limits() -> toolwire_server::Limits {
     let mut limits = toolwire_server::Limits::default();
-    limits.rate_per_sec = 20;
-    limits.burst = 8;
-    limits.per_tool_rate_per_sec = 20;
-    limits.per_tool_burst = 8;
+    limits.rate_per_sec = 1;
+    limits.burst = 6;
+    limits.per_tool_rate_per_sec = 1;
+    limits.per_tool_burst = 6;
     limits
 }
 
@@ -109,7 +110,7 @@ impl Settings {
             idle_settle: Duration::from_millis(50),
             flood: flood::FloodSettings {
                 clients: 2,
-                interval: Duration::from_millis(100),
+                interval: Duration::from_millis(300),
                 flood_in_flight: 16,
                 duration: Duration::from_millis(300),
                 reps: 1,

@@ -135,7 +135,8 @@ async fn run(command: &str, quick: bool, with_python: bool) -> Result<()> {
 }
 
 async fn profile_calls(count: usize, size: usize, connections: usize) -> Result<()> {
-    let running = std::sync::Arc::new(calls::Running::start(calls::System::ToolwireUnsigned).await?);
+    let running =
+        std::sync::Arc::new(calls::Running::start(calls::System::ToolwireUnsigned).await?);
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
         let mut conn = running.connect(size).await?;
@@ -171,7 +172,10 @@ async fn main() -> std::process::ExitCode {
         // Hidden: N sequential 64 B calls, signatures off, for a profiler
         // (`valgrind --tool=callgrind toolwire-bench profile-calls 2000 [SIZE [CONNECTIONS]]`).
         "profile-calls" => {
-            let count = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000usize);
+            let count = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2000usize);
             let size = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(64usize);
             let connections = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1usize);
             profile_calls(count, size, connections).await

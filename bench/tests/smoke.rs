@@ -15,9 +15,13 @@ async fn every_rust_scenario_runs_and_answers_correctly() {
     let rows = calls::run(&settings.calls).await.expect("calls run");
     assert_eq!(rows.len(), System::ALL.len() * settings.calls.sizes.len());
     for (system, size, figures) in &rows {
-        assert!(figures.calls > 0, "{system:?} at {size} B made no call");
-        assert!(figures.p50_us > 0.0 && figures.p99_us >= figures.p50_us);
-        assert!(figures.concurrent_per_sec > 0.0);
+        // At least one sequential call and one per concurrent connection, each
+        // answered with its own argument.
+        assert!(
+            figures.calls > settings.calls.connections as u64,
+            "{system:?} at {size} B: {} calls",
+            figures.calls
+        );
     }
 
     // 2. Handshakes: each one completed with the grant naming the echo tool.
