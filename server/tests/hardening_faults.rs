@@ -10,9 +10,13 @@
 //!   reconnects and retries (AMO-003);
 //! - the server's audit log verifies afterwards (AUD-003).
 //!
+//! The server is also restarted twice during the run (graceful shutdown with a
+//! 20 ms grace, then a new server on the same address, audit log and durable
+//! at-most-once store), so retries cross restarts too (AMO-035).
+//!
 //! Default: 240 calls (`TOOLWIRE_FAULT_CALLS` for more).
 //!
-//! Clauses: AMO-003, AMO-020, AUD-003.
+//! Clauses: AMO-003, AMO-020, AMO-035, AUD-003.
 
 mod common;
 
@@ -196,18 +200,50 @@ async fn calls_through_a_faulty_network_end_typed_and_run_at_most_once() {
     );
     // The server is configured with the URL the client dials (the proxy's), since
     // the endpoint is bound into the handshake (HS-003).
-    let server = Server::builder(identity.clone(), url.clone())
-        .allow_client(agent.public_key())
-        .tool(echo)
-        .audit_log(&audit_path)
-        .build()
-        .expect("server builds");
-    let serving = tokio::spawn({
-        let server = server.clone();
-        async move {
-            let _ = server.serve_listener(server_listener).await;
+    let store_path = directory.join("amo.redb");
+    let _ = std::fs::remove_file(&store_path);
+    let start = {
+        let identity = identity.clone();
+        let url = url.clone();
+        let agent_key = agent.public_key();
+        let audit_path = audit_path.clone();
+        move |listener: TcpListener| {
+            let identity = identity.clone();
+            let url = url.clone();
+            let echo = echo.clone();
+            let audit_path = audit_path.clone();
+            let store_path = store_path.clone();
+            async move {
+                // The previous server's last references (tasks finishing after its
+                // shutdown) may hold the store for a moment: retry, bounded.
+                let mut built = None;
+                for _ in 0..250 {
+                    match Server::builder(identity.clone(), url.clone())
+                        .allow_client(agent_key)
+                        .tool(echo.clone())
+                        .audit_log(&audit_path)
+                        .at_most_once_store(&store_path)
+                        .build()
+                    {
+                        Ok(server) => {
+                            built = Some(server);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                let server = built.expect("server builds (and continues its audit log and store)");
+                let serving = tokio::spawn({
+                    let server = server.clone();
+                    async move {
+                        let _ = server.serve_listener(listener).await;
+                    }
+                });
+                (server, serving)
+            }
         }
-    });
+    };
+    let running = Arc::new(tokio::sync::Mutex::new(Some(start(server_listener).await)));
     let faults = Arc::new(Faults::default());
     let proxying = tokio::spawn(proxy(proxy_listener, server_addr, seed, faults.clone()));
 
@@ -229,12 +265,13 @@ async fn calls_through_a_faulty_network_end_typed_and_run_at_most_once() {
             let builder = builder.clone();
             async move {
                 // A connection may itself be cut: a bounded number of attempts.
-                for _ in 0..50 {
+                for _ in 0..150 {
                     if let Ok(Ok(connected)) =
                         tokio::time::timeout(Duration::from_secs(10), builder().connect(&url)).await
                     {
                         return Arc::new(connected);
                     }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 panic!("seed {seed}: never connected");
             }
@@ -294,9 +331,48 @@ async fn calls_through_a_faulty_network_end_typed_and_run_at_most_once() {
             }
         }));
     }
+    // Two server restarts during the run, at a third and two thirds of the calls:
+    // a shutdown with a short grace (calls still running are answered UNAVAILABLE),
+    // then a new server process-state on the same address, identity, audit log and
+    // durable at-most-once store (AMO-035).
+    let restarter = {
+        let start = start.clone();
+        let running = running.clone();
+        let outcomes = outcomes.clone();
+        let total = per_worker * workers;
+        tokio::spawn(async move {
+            let mut restarts = 0u32;
+            for mark in [total / 3, 2 * total / 3] {
+                for _ in 0..6000 {
+                    let done: u32 = outcomes.lock().expect("lock").values().sum();
+                    if done as usize >= mark {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let mut slot = running.lock().await;
+                let (server, serving) = slot.take().expect("a server runs");
+                let _ = server.shutdown(Duration::from_millis(20)).await;
+                let _ = serving.await;
+                drop(server);
+                let mut listener = None;
+                for _ in 0..100 {
+                    if let Ok(bound) = TcpListener::bind(server_addr).await {
+                        listener = Some(bound);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                *slot = Some(start(listener.expect("the server's address is free again")).await);
+                restarts += 1;
+            }
+            restarts
+        })
+    };
     for task in tasks {
         task.await.expect("caller finished");
     }
+    let restarts = restarter.await.expect("restarter finished");
 
     let outcomes = outcomes.lock().expect("lock").clone();
     let runs = runs.lock().expect("lock").clone();
@@ -304,7 +380,7 @@ async fn calls_through_a_faulty_network_end_typed_and_run_at_most_once() {
     let ok = outcomes.get("ok").copied().unwrap_or(0);
     eprintln!("faults: {faults}");
     eprintln!(
-        "faults: outcomes {outcomes:?} over {} client sessions",
+        "faults: outcomes {outcomes:?} over {} client sessions and {restarts} server restarts",
         sessions.load(Ordering::SeqCst)
     );
     eprintln!(
@@ -329,6 +405,7 @@ async fn calls_through_a_faulty_network_end_typed_and_run_at_most_once() {
 
     drop(current);
     proxying.abort();
+    let (server, serving) = running.lock().await.take().expect("a server runs");
     let _ = server.shutdown(Duration::from_secs(5)).await;
     serving.abort();
     let text = std::fs::read_to_string(&audit_path).expect("audit log");
