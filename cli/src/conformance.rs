@@ -317,6 +317,7 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
                 server_key: args.server_key,
                 secrets: vec![client_seed],
                 after_clean_shutdown: false,
+                events: None,
             },
         ));
     }

@@ -28,6 +28,9 @@ pub struct ArtifactTarget {
     /// The server was shut down cleanly before the cases run (AUD-007: the log then
     /// ends with a head).
     pub after_clean_shutdown: bool,
+    /// The server's event output (logs) during the run, when captured: the event
+    /// case SKIPs without it.
+    pub events: Option<String>,
 }
 
 /// How an artifact case runs.
@@ -70,6 +73,12 @@ pub fn cases() -> Vec<ArtifactCase> {
             run: key_text,
         },
         Case {
+            id: "evt.no-secrets",
+            clauses: &["EVT-004", "AUTHZ-025"],
+            description: "The server's events during the run (decision records included) hold no secret key, no grant token and no argument bytes the suite sent.",
+            run: events_without_secrets,
+        },
+        Case {
             id: "aud.no-secrets",
             clauses: &["AUD-011"],
             description: "No secret key of the run and no grant token appears in the log.",
@@ -88,6 +97,7 @@ pub fn run(target: &ArtifactTarget) -> Report {
     for case in cases() {
         let started = Instant::now();
         let result = match &text {
+            _ if case.id.starts_with("evt.") => (case.run)(target, ""),
             None => CaseResult::skip("needs the server's audit log (--audit-log)"),
             Some(Err(error)) => CaseResult::harness_error(error.clone()),
             Some(Ok(text)) => (case.run)(target, text),
@@ -364,6 +374,43 @@ fn key_text(target: &ArtifactTarget, text: &str) -> CaseResult {
             format!("{checked} keys in text form")
         } else {
             problems.join("; ")
+        },
+    )
+}
+
+/// Argument bytes the server cases send on purpose (`authz.refusal-messages`): they
+/// must appear in no event.
+pub const SECRET_ARGUMENT: &str = "hunter2-conformance";
+
+fn events_without_secrets(target: &ArtifactTarget, _log: &str) -> CaseResult {
+    let Some(events) = &target.events else {
+        return CaseResult::skip("the server's events were not captured");
+    };
+    let mut found = Vec::new();
+    if target
+        .secrets
+        .iter()
+        .any(|s| !s.is_empty() && events.contains(s.as_str()))
+    {
+        found.push("a secret key of the run");
+    }
+    if events.contains("v4.public.") {
+        found.push("a grant token");
+    }
+    if events.contains(SECRET_ARGUMENT) || events.contains(&hex::encode(SECRET_ARGUMENT)) {
+        found.push("argument bytes");
+    }
+    let decisions = events.matches("authz_decision").count();
+    CaseResult::check(
+        found.is_empty() && !events.is_empty(),
+        "no secret key, grant token or argument bytes in any event",
+        if found.is_empty() {
+            format!(
+                "{} lines of events ({decisions} decision records) hold none",
+                events.lines().count()
+            )
+        } else {
+            format!("found {}", found.join(", "))
         },
     )
 }

@@ -10,8 +10,31 @@ use std::time::Duration;
 use toolwire_conformance::report::SCHEMA;
 use toolwire_conformance::{artifact, server, spec, vectors, Report, Verdict};
 
+/// The server's events, captured for the event artifact case (EVT-004).
+#[derive(Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Events {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_server_and_vectors_pass_with_zero_fail() {
+    let events = Events::default();
+    let writer = events.clone();
+    // Process-wide: the server's tasks run on the runtime's worker threads.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
     let target = common::start(|dangerous| dangerous).await;
     let suite = server::run(
         &target.url,
@@ -36,8 +59,11 @@ async fn reference_server_and_vectors_pass_with_zero_fail() {
         secrets: vec![
             hex::encode(*target.identity.to_seed()),
             hex::encode(*target.client.to_seed()),
+            hex::encode(*target.other.to_seed()),
+            hex::encode(*target.issuer.to_seed()),
         ],
         after_clean_shutdown: true,
+        events: Some(String::from_utf8_lossy(&events.0.lock().unwrap()).into_owned()),
     }));
     let _ = std::fs::remove_file(&target.audit_log);
 

@@ -1729,7 +1729,8 @@ async fn refusal_messages(target: Arc<ServerTarget>) -> CaseResult {
     let Some((call, _)) = call_of(&target, &grant) else {
         return CaseResult::skip("no tool is granted to the identity");
     };
-    let secret_args = encode_args(&serde_json::json!({"secret": "hunter2-conformance"}));
+    let secret_args =
+        encode_args(&serde_json::json!({ "secret": crate::artifact::SECRET_ARGUMENT }));
     let ungranted = session.request(1, "conformance-no-such-tool", &secret_args);
     let (_, denied) =
         expect_rpc_error(&mut session, &ungranted, ErrorCode::PERMISSION_DENIED).await;
