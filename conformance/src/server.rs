@@ -35,6 +35,17 @@ pub struct ToolCall {
     pub args: serde_json::Value,
 }
 
+/// An operator action the suite may trigger during a case: revoke the grant with
+/// this `jti` (for an in-process server, its revocation API).
+#[derive(Clone)]
+pub struct Revoker(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for Revoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Revoker")
+    }
+}
+
 /// Options of server mode.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -73,6 +84,9 @@ pub struct ServerOptions {
     /// grant cases, presented by identities the server does not otherwise know):
     /// the grant cases SKIP without it.
     pub issuer: Option<Identity>,
+    /// Revokes a grant on the server under test (needs the issuer too): the
+    /// revocation case SKIPs without it.
+    pub revoke: Option<Revoker>,
     /// The server is configured to require an `Origin` header (TRN-013); the
     /// required-origin case SKIPs otherwise.
     pub origin_required: bool,
@@ -101,6 +115,7 @@ impl Default for ServerOptions {
             stream_call: None,
             other_identity: None,
             issuer: None,
+            revoke: None,
             origin_required: false,
             floods: true,
             default_limits: true,

@@ -42,7 +42,7 @@ async fn reference_server_and_vectors_pass_with_zero_fail() {
         target.client.clone(),
         common::options_for(&target),
     );
-    let mut report = tokio::time::timeout(Duration::from_secs(120), suite)
+    let mut report = tokio::time::timeout(Duration::from_secs(240), suite)
         .await
         .expect("the server suite finishes within a minute");
     report.merge(vectors::run(&vectors::default_dir()));

@@ -237,6 +237,8 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A grant that expired an hour ago: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::Expired))),
         case!("grt.clock-skew", ["LIM-014", "AUTHZ-013"],
             "A grant that expired 27 s ago is accepted in the handshake (30 s skew), and a call relying on it once now − 30 s has passed its exp is refused with GRANT_EXPIRED (102); one that expired 40 s ago is disregarded (4001).", clock_skew),
+        case!("grt.revocation", ["AUTHZ-014", "AUTHZ-015", "GRT-042"],
+            "Three grants of one holder: a call relying on a revoked one is refused with CAPABILITY_REVOKED (103); on one both revoked and expired, GRANT_EXPIRED (102) (expiry first); once the last one is revoked, the next call brings a CAP_UPDATE and CLOSE 4007.", grant_revocation),
         case!("grt.wrong-holder", ["GRT-031", "HS-027"],
             "A valid grant held by another identity: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::OtherHolder))),
         case!("grt.foreign-issuer", ["GRT-020"],
@@ -2779,4 +2781,89 @@ async fn answer_paced(session: &mut Session, request: &Request) -> Result<Messag
         }
     }
     answer(session, request).await
+}
+
+async fn grant_revocation(target: Arc<ServerTarget>) -> CaseResult {
+    let (Some(issuer), Some(revoke)) =
+        (target.options.issuer.clone(), target.options.revoke.clone())
+    else {
+        return CaseResult::skip("needs a trusted issuer and a way to revoke grants on the server");
+    };
+    let Some(call) = target.options.call.clone() else {
+        return CaseResult::skip("needs a callable tool (--call-tool)");
+    };
+    let stranger = Identity::generate(&mut rand_core::OsRng);
+    let holder = stranger.public_key();
+    let suffix = hex::encode(&holder.as_bytes()[..4]);
+    let exp = now_unix() - 27;
+    let mut tokens = Vec::new();
+    let mut jtis = Vec::new();
+    for (name, expires) in [("expired", Some(exp)), ("revoked", None), ("kept", None)] {
+        let mut claims = grant_claims(&target, &issuer, &holder, &[&call.tool]);
+        let jti = format!("conformance-{name}-{suffix}");
+        claims.insert("jti".into(), jti.clone().into());
+        if let Some(expires) = expires {
+            claims.insert("exp".into(), rfc3339(expires).into());
+        }
+        tokens.push(sign_claims(&issuer, &json_text(&claims)));
+        jtis.push(jti);
+    }
+    let expected = "revoked: CAPABILITY_REVOKED (103); revoked and expired: GRANT_EXPIRED (102); last revoked: CAP_UPDATE, then CLOSE 4007";
+    let (mut session, grant) = match present_grants(&target, stranger.clone(), tokens).await {
+        Err(result) => return result,
+        Ok(Err(ending)) => return precondition(format!("valid grants refused: {ending}")),
+        Ok(Ok(established)) => established,
+    };
+    if grant.granted.is_empty() {
+        return CaseResult::new(
+            Verdict::Info,
+            expected,
+            "CAP_GRANT grants nothing",
+            "the server's policy does not admit grant holders",
+        );
+    }
+    let args = encode_args(&call.args);
+    let request_with = |session: &Session, id: u64, jti: &str| {
+        let mut request = session.request(id, &call.tool, &args);
+        request.grant_id = Some(jti.to_owned());
+        let signature = stranger.sign(&peer::request_signing_bytes(
+            &session.session_id,
+            id,
+            &call.tool,
+            &args,
+            jti,
+        ));
+        request.signature = Some(signature.to_vec().into());
+        request
+    };
+    (revoke.0)(&jtis[0]);
+    (revoke.0)(&jtis[1]);
+    let first = request_with(&session, 1, &jtis[1]);
+    let revoked = answer(&mut session, &first).await;
+    let wait = u64::try_from(exp + 30 - now_unix()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait * 1000 + 1500)).await;
+    let second = request_with(&session, 2, &jtis[0]);
+    let expired = answer(&mut session, &second).await;
+    (revoke.0)(&jtis[2]);
+    // The revocation takes effect at the next REQUEST (AUTHZ-001).
+    let third = request_with(&session, 3, &jtis[2]);
+    session.send(&Message::Request(third)).await;
+    let ending = session.await_close(target.options.step).await;
+    let code = |outcome: &Result<Message, Ending>| match outcome {
+        Ok(Message::Error(error)) => Some(error.code),
+        _ => None,
+    };
+    let ok = code(&revoked) == Some(103)
+        && code(&expired) == Some(102)
+        && ending.messages.iter().any(|k| k == "CAP_UPDATE")
+        && ending.record_code() == Some(4007);
+    CaseResult::check(
+        ok,
+        expected,
+        format!(
+            "revoked: {}; revoked and expired: {}; last revoked: {ending}",
+            describe(&revoked),
+            describe(&expired)
+        ),
+    )
 }

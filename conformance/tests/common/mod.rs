@@ -138,6 +138,12 @@ pub fn options_for(server: &RunningServer) -> ServerOptions {
     let mut options = options();
     options.other_identity = Some(server.other.clone());
     options.issuer = Some(server.issuer.clone());
+    let revoking = server.server.clone();
+    options.revoke = Some(toolwire_conformance::server::Revoker(Arc::new(
+        move |jti| {
+            revoking.revoke_grant(jti);
+        },
+    )));
     options
 }
 
