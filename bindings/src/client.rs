@@ -38,7 +38,8 @@ pub(crate) fn duration(seconds: f64) -> PyResult<Duration> {
 /// Dials `url`, runs the handshake and waits for the capability grant; returns an
 /// awaitable of a [`Session`].
 #[pyfunction]
-#[pyo3(signature = (url, identity, server_keys, *, tools = None, grants = Vec::new(), origin = None))]
+#[pyo3(signature = (url, identity, server_keys, *, tools = None, grants = Vec::new(), origin = None, trust_operators = Vec::new()))]
+#[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
 pub(crate) fn connect<'py>(
     py: Python<'py>,
     url: String,
@@ -47,10 +48,14 @@ pub(crate) fn connect<'py>(
     tools: Option<Vec<String>>,
     grants: Vec<String>,
     origin: Option<String>,
+    trust_operators: Vec<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut builder = Client::builder().identity(identity.get().inner.clone());
     for key in &server_keys {
         builder = builder.pin_server(parse_key(key)?);
+    }
+    for key in &trust_operators {
+        builder = builder.trust_operator(parse_key(key)?);
     }
     if let Some(tools) = tools {
         builder = builder.request_tools(tools);
@@ -77,6 +82,25 @@ pub(crate) struct Session {
 
 #[pymethods]
 impl Session {
+    /// Asks, mid-session, for more tools and presents more grants (CAP_REQUEST); an
+    /// awaitable of the complete granted set the server answered with.
+    fn request_capabilities<'py>(
+        &self,
+        py: Python<'py>,
+        tools: Vec<String>,
+        grants: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        awaitable(py, async move {
+            Ok(session
+                .request_capabilities(
+                    tools,
+                    grants.into_iter().map(|g| g.trim().to_owned()).collect(),
+                )
+                .await?)
+        })
+    }
+
     /// Calls `tool` with the JSON text `arguments`; an awaitable of the result as JSON
     /// text. `timeout` (seconds) is sent to the server as the call's deadline and
     /// enforced locally. Cancelling the awaitable sends CANCEL.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -79,21 +80,20 @@ class RustServer:
     process: asyncio.subprocess.Process
 
 
-@pytest.fixture
-async def rust_server(
-    cli: Path, tmp_path: Path, client_identity: toolwire.Identity
+@contextlib.asynccontextmanager
+async def serve_rust(
+    cli: Path, tmp_path: Path, server_identity: toolwire.Identity, *args: str
 ) -> AsyncIterator[RustServer]:
-    """``toolwire serve`` on a free loopback port, allowing ``client_identity``; its
-    identity file is written by Python (so it also checks the file format)."""
-    key_file = tmp_path / "server.key"
-    server_identity = toolwire.Identity.generate()
+    """``toolwire serve`` with ``server_identity`` (its identity file written by
+    Python, which also checks the file format) on a free loopback port, with the
+    extra command-line ``args``; stopped with SIGINT on exit."""
+    key_file = tmp_path / f"server-{id(server_identity):x}.key"
     server_identity.save(key_file)
     # The server's log goes to a file: a pipe nobody reads while the test runs would
     # fill and stall the server.
-    with open(tmp_path / "server.log", "wb") as log:
+    with open(tmp_path / "server.log", "ab") as log:
         process = await asyncio.create_subprocess_exec(
-            str(cli), "serve", "--identity", str(key_file), "--listen", "127.0.0.1:0",
-            "--allow-client", str(client_identity.public_key),
+            str(cli), "serve", "--identity", str(key_file), "--listen", "127.0.0.1:0", *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -122,6 +122,17 @@ async def rust_server(
         except asyncio.TimeoutError:
             process.kill()
             await process.communicate()
+
+
+@pytest.fixture
+async def rust_server(
+    cli: Path, tmp_path: Path, client_identity: toolwire.Identity
+) -> AsyncIterator[RustServer]:
+    """``toolwire serve`` on a free loopback port, allowing ``client_identity``."""
+    async with serve_rust(
+        cli, tmp_path, toolwire.Identity.generate(), "--allow-client", str(client_identity.public_key)
+    ) as server:
+        yield server
 
 
 @dataclass

@@ -72,6 +72,16 @@ class Session:
         """Names of the tools this session may call now."""
         return frozenset(self._native.granted_tools())
 
+    async def request_capabilities(
+        self, tools: Iterable[str] = (), grants: Iterable[str] = ()
+    ) -> frozenset[str]:
+        """Asks the server, mid-session, for more ``tools`` and presents more
+        ``grants`` (for example a grant bound to this session's id, which cannot be
+        presented when connecting). Returns the complete granted set the server
+        answered with; grants that do not verify are disregarded, so check it."""
+        granted = await self._native.request_capabilities(list(tools), [str(g) for g in grants])
+        return frozenset(granted)
+
     @property
     def server_key(self) -> PublicKey:
         """The server's authenticated key."""
@@ -212,6 +222,7 @@ class Connect:
         tools: list[str] | None,
         grants: list[str],
         origin: str | None,
+        trust_operators: list[str] | None = None,
     ) -> None:
         self._url = url
         self._identity = identity
@@ -219,6 +230,7 @@ class Connect:
         self._tools = tools
         self._grants = grants
         self._origin = origin
+        self._trust_operators = trust_operators or []
         self._session: Session | None = None
 
     async def _open(self) -> Session:
@@ -229,6 +241,7 @@ class Connect:
             tools=self._tools,
             grants=self._grants,
             origin=self._origin,
+            trust_operators=self._trust_operators,
         )
         return Session(native)
 
@@ -258,6 +271,7 @@ def connect(
     tools: Iterable[str] | None = None,
     grants: Iterable[str] = (),
     origin: str | None = None,
+    trust_operators: Iterable[PublicKey | str] = (),
 ) -> Connect:
     """Opens a session with the tool server at ``url``.
 
@@ -266,7 +280,9 @@ def connect(
     several accepted keys): a server proving any other key is refused with
     :class:`~toolwire.AuthFailed`. ``tools`` narrows the tools asked for (default:
     every tool the server allows); ``grants`` are capability grant tokens to
-    present; ``origin`` sends an ``Origin`` header.
+    present; ``origin`` sends an ``Origin`` header. ``trust_operators`` are operator
+    keys: a server presenting a valid certificate by one of them is accepted without
+    being pinned (then ``server_key`` may be empty).
 
     ``await connect(...)`` returns a :class:`Session`; ``async with connect(...) as
     session`` also closes it. Raises :class:`~toolwire.ConnectError` (and its
@@ -276,6 +292,7 @@ def connect(
     pins = [server_key] if isinstance(server_key, (PublicKey, str)) else list(server_key)
     try:
         keys = [str(PublicKey(str(key))) for key in pins]
+        operators = [str(PublicKey(str(key))) for key in trust_operators]
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
     return Connect(
@@ -285,4 +302,5 @@ def connect(
         None if tools is None else list(tools),
         [str(grant) for grant in grants],
         origin,
+        operators,
     )
