@@ -84,6 +84,10 @@ pub struct ServerOptions {
     /// grant cases, presented by identities the server does not otherwise know):
     /// the grant cases SKIP without it.
     pub issuer: Option<Identity>,
+    /// The server certificate the server is configured with (ID-010): it must arrive
+    /// unchanged in every ServerHello; `None` means the server has none and must
+    /// omit the field.
+    pub certificate: Option<String>,
     /// Revokes a grant on the server under test (needs the issuer too): the
     /// revocation case SKIPs without it.
     pub revoke: Option<Revoker>,
@@ -115,6 +119,7 @@ impl Default for ServerOptions {
             stream_call: None,
             other_identity: None,
             issuer: None,
+            certificate: None,
             revoke: None,
             origin_required: false,
             floods: true,

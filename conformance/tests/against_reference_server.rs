@@ -121,6 +121,41 @@ async fn a_server_requiring_origin_refuses_upgrades_without_one() {
     assert_eq!(report.cases.len(), 1);
 }
 
+/// ID-010: a server configured with a certificate sends it unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_certificate_sends_it_unchanged() {
+    let operator = toolwire_server::protocol::Identity::generate(&mut rand_core::OsRng);
+    let identity = toolwire_server::protocol::Identity::generate(&mut rand_core::OsRng);
+    let claims = serde_json::json!({
+        "iss": operator.public_key().to_string(),
+        "sub": identity.public_key().to_string(),
+        "exp": "2099-01-01T00:00:00Z",
+    });
+    let token = toolwire_server::protocol::paseto::sign_v4_public(
+        operator.signing_key(),
+        claims.to_string().as_bytes(),
+        b"",
+        b"toolwire/1 server certificate",
+    );
+    let certified = token.clone();
+    let target = common::start_as(identity, |dangerous| {
+        dangerous.done().certificate(certified).dangerous()
+    })
+    .await;
+    let mut options = common::options_for(&target);
+    options.certificate = Some(token);
+    options.only = vec!["id.certificate".to_owned()];
+    let report = server::run(
+        &target.url,
+        target.server_key,
+        target.client.clone(),
+        options,
+    )
+    .await;
+    let case = report.case("id.certificate").expect("the case ran");
+    assert_eq!(case.verdict, Verdict::Pass, "{case:?}");
+}
+
 fn check_reports(report: &Report) {
     let dir = std::env::temp_dir().join(format!("toolwire-conformance-{}", std::process::id()));
     let [json, junit, markdown] = report.write_all(&dir).expect("reports written");

@@ -172,6 +172,8 @@ pub fn server_cases() -> Vec<ServerCase> {
             "The allowed Origin with its host in upper case is accepted (scheme and host compare case-insensitively); with an explicit default port it is refused with 403 (no normalization).", origin_allowed_variants),
         case!("trn.origin.repeated", ["TRN-009", "TRN-008"],
             "The allowed Origin sent on two header lines is refused with 403 (joined by \", \" it matches nothing).", origin_repeated),
+        case!("id.certificate", ["ID-010"],
+            "ServerHello carries the server's configured certificate unchanged, or no `certificate` field when it has none.", certificate_sent),
         case!("trn.origin.required", ["TRN-013"],
             "A server configured to require Origin refuses an upgrade without one with 403.", origin_required),
         case!("trn.no-authority-from-headers", ["TRN-020"],
@@ -2865,5 +2867,41 @@ async fn grant_revocation(target: Arc<ServerTarget>) -> CaseResult {
             describe(&revoked),
             describe(&expired)
         ),
+    )
+}
+
+async fn certificate_sent(target: Arc<ServerTarget>) -> CaseResult {
+    let step = target.options.step;
+    let mut socket = match peer::connect(&target.url, step).await {
+        Ok(socket) => socket,
+        Err(error) => return precondition(error),
+    };
+    let mut handshake = match Handshake::new(params(&target)) {
+        Ok(handshake) => handshake,
+        Err(error) => return CaseResult::harness_error(error.to_string()),
+    };
+    let Ok(record1) = handshake.record1() else {
+        return CaseResult::harness_error("record 1");
+    };
+    peer::send_binary(&mut socket, record1, step).await;
+    let Some(record2) = peer::next_binary(&mut socket, step).await else {
+        return precondition("no record 2");
+    };
+    let hello = match handshake.read_record2(&record2) {
+        Ok(hello) => hello,
+        Err(error) => return precondition(error),
+    };
+    let expected = target.options.certificate.clone().map_or_else(
+        || "no certificate field".to_owned(),
+        |c| format!("the configured certificate ({} bytes)", c.len()),
+    );
+    let observed = hello.certificate.clone().map_or_else(
+        || "no certificate field".to_owned(),
+        |c| format!("a certificate of {} bytes", c.len()),
+    );
+    CaseResult::check(
+        hello.certificate == target.options.certificate,
+        expected,
+        observed,
     )
 }

@@ -88,11 +88,18 @@ fn tools() -> Vec<Tool> {
 pub async fn start(
     dangerous: impl FnOnce(DangerousServerBuilder) -> DangerousServerBuilder,
 ) -> RunningServer {
+    start_as(Identity::generate(&mut rand_core::OsRng), dangerous).await
+}
+
+/// Starts a reference server with this identity.
+pub async fn start_as(
+    identity: Identity,
+    dangerous: impl FnOnce(DangerousServerBuilder) -> DangerousServerBuilder,
+) -> RunningServer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let url = format!("ws://{}/toolwire", listener.local_addr().expect("address"));
-    let identity = Identity::generate(&mut rand_core::OsRng);
     let client = Identity::generate(&mut rand_core::OsRng);
     let other = Identity::generate(&mut rand_core::OsRng);
     let issuer = Identity::generate(&mut rand_core::OsRng);
