@@ -203,11 +203,22 @@ async fn a_whole_session_logged_at_trace_and_every_debug_output_hold_no_secret()
     let client_static = client_static_secret_for_testing_only(&config);
     let mut raw = RawClient::handshake(&url, config).await;
     let _ = raw.expect_message().await;
-    let request = raw.request(1, "echo", &serde_json::json!({"text": "raw"}));
-    raw.send(Message::Request(request)).await;
-    let _ = raw.expect_response(1).await;
+    // Six calls: the server, rekeying every 4 records, sends KEY_UPDATE on the way.
+    for id in 1..=6 {
+        let request = raw.request(id, "echo", &serde_json::json!({"text": "raw"}));
+        raw.send(Message::Request(request)).await;
+        let _ = raw.expect_response(id).await;
+    }
+    let epoch = raw
+        .conn
+        .transport()
+        .map_or(0, |transport| transport.receive_epoch());
+    assert!(
+        epoch >= 1,
+        "the server rekeyed during the logged session: epoch {epoch}"
+    );
     let mut tampered = raw.seal(Message::Request(raw.request(
-        2,
+        7,
         "echo",
         &serde_json::json!({"text": "x"}),
     )));
@@ -295,7 +306,7 @@ async fn a_whole_session_logged_at_trace_and_every_debug_output_hold_no_secret()
     );
     assert_no_secret("the TRACE log", &log, &secrets);
     assert!(
-        probe.runs() >= 22,
+        probe.runs() >= 27,
         "the calls ran: {} handler runs",
         probe.runs()
     );
