@@ -406,7 +406,7 @@ fn tool(spec: ToolSpec, python: &Arc<PythonSide>) -> PyResult<Tool> {
 #[pyfunction]
 #[pyo3(signature = (
     identity, *, host, port, path, url, allowed_clients, client_tools, grant_issuers,
-    allowed_origins, limits, tools, dispatch, authorize, on_alert=None
+    allowed_origins, limits, tools, dispatch, authorize, on_alert=None, certificate=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_server<'py>(
@@ -425,6 +425,7 @@ pub(crate) fn start_server<'py>(
     dispatch: Py<PyAny>,
     authorize: Option<Py<PyAny>>,
     on_alert: Option<Py<PyAny>>,
+    certificate: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let event_loop = crate::runtime::running_loop(py)?.unbind();
     let alert_sink = on_alert.map(|callback| alerts_to_python(callback, event_loop.clone_ref(py)));
@@ -489,6 +490,9 @@ pub(crate) fn start_server<'py>(
         }
         if let Some(sink) = alert_sink {
             builder = builder.alert_sink(sink);
+        }
+        if let Some(certificate) = certificate {
+            builder = builder.certificate(certificate.trim());
         }
         let server = builder.build().map_err(|error| {
             NativeError::Value(format!("invalid server configuration: {error}"))

@@ -60,3 +60,31 @@ async def test_request_capabilities_widens_the_granted_set(
         assert granted == {"count", "echo"}
         assert session.granted_tools == {"count", "echo"}
         assert await session.call("echo", {"text": "now granted"}) == {"text": "now granted"}
+
+
+async def test_a_python_server_presents_its_certificate(
+    cli: Path, tmp_path: Path, client_identity: toolwire.Identity
+) -> None:
+    operator = toolwire.Identity.generate()
+    identity = toolwire.Identity.generate()
+    args = await _certified_server_args(cli, tmp_path, operator, identity)
+    certificate = Path(args[1]).read_text()
+    server = toolwire.ToolServer(identity, allowed_clients=[client_identity.public_key], certificate=certificate)
+
+    @server.tool()
+    async def shout(text: str) -> str:
+        return text.upper()
+
+    running = await server.start()
+    try:
+        async with toolwire.connect(
+            running.url, identity=client_identity, server_key=[], trust_operators=[operator.public_key]
+        ) as session:
+            assert await session.call("shout", {"text": "hi"}) == "HI"
+    finally:
+        await running.aclose()
+    other = toolwire.ToolServer(
+        toolwire.Identity.generate(), allowed_clients=[client_identity.public_key], certificate=certificate
+    )
+    with pytest.raises(toolwire.ConfigurationError, match="another server identity"):
+        await other.start()

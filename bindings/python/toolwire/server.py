@@ -233,7 +233,11 @@ class ToolServer:
     as dicts (see :data:`AlertHandler`), called on the event loop; without it alerts
     are logged at WARNING on ``toolwire.alert``. Alerts that arrive faster than the
     loop takes them (more than 256 queued) are dropped, never slowing the server. Synchronous handlers run in
-    ``sync_executor`` (default: the event loop's default executor).
+    ``sync_executor`` (default: the event loop's default executor). ``certificate``
+    is an operator's certificate of this server's key (``toolwire cert issue``),
+    presented in every handshake so that clients trusting the operator
+    (``connect(trust_operators=...)``) need not pin the key; a certificate of
+    another key is refused when the server starts.
     """
 
     def __init__(
@@ -247,6 +251,7 @@ class ToolServer:
         limits: Limits | None = None,
         authorize: AuthorizeHook | None = None,
         on_alert: AlertHandler | None = None,
+        certificate: str | None = None,
         path: str = "/toolwire",
         sync_executor: concurrent.futures.Executor | None = None,
     ) -> None:
@@ -260,6 +265,7 @@ class ToolServer:
         self._limits = limits or Limits()
         self._authorize = authorize
         self._on_alert = on_alert
+        self._certificate = certificate
         if not path.startswith("/"):
             raise ConfigurationError(f"path must start with '/', not {path!r}")
         self._path = path
@@ -386,6 +392,7 @@ class ToolServer:
             dispatch=self._dispatch,
             authorize=None if self._authorize is None else self._check_authorization,
             on_alert=self._on_alert,
+            certificate=self._certificate,
         )
         self._running = RunningServer(self, native)
         logger.info("toolwire server listening on %s (key %s)", native.url, native.public_key)
