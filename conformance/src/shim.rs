@@ -33,7 +33,7 @@ use toolwire_protocol::{Identity, IdentityKey};
 /// Exit status of a shim that does not implement what the case needs.
 pub const EXIT_UNIMPLEMENTED: i32 = 89;
 
-/// The typed errors a shim reports in [`ShimReport::error`].
+/// The typed errors a shim reports in `ShimReport::error`.
 pub const ERRORS: &[&str] = &[
     "handshake_failed",  // the handshake failed (close_code: the code closed with)
     "closed",            // the connection closed during connect (close_code)

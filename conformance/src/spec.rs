@@ -365,7 +365,11 @@ mod tests {
             Some("SHOULD NOT")
         );
         assert!(spec.clauses().filter(|c| c.is_must()).count() > 200);
-        assert!(spec.is_pending("CLS-008"));
         assert!(!spec.is_pending("REC-004"));
+        let appendix = Spec::parse(
+            "## 1. X\n- **XX-001** (MUST): a.\n## Appendix C. Not yet implemented\n- XX-001: later.\n",
+        );
+        assert!(appendix.is_pending("XX-001"));
+        assert!(!appendix.is_pending("XX-002"));
     }
 }

@@ -460,3 +460,62 @@ pub(super) fn check_message_test(_group: &Value, test: &Value) -> Result<(), Str
         },
     }
 }
+
+// ---------------------------------------------------------------------------------
+// certificate.json
+// ---------------------------------------------------------------------------------
+
+/// The name of a certificate error in `expectedError`: the variant name, with the
+/// offending part for `Malformed` (`Malformed.footer`).
+fn certificate_error_name(error: &toolwire_protocol::certificate::CertificateError) -> String {
+    use toolwire_protocol::certificate::CertificateError as E;
+    match error {
+        E::Malformed(part) => format!("Malformed.{part}"),
+        E::UntrustedOperator => "UntrustedOperator".into(),
+        E::BadSignature => "BadSignature".into(),
+        E::WrongServer => "WrongServer".into(),
+        E::NotYetValid => "NotYetValid".into(),
+        E::Expired => "Expired".into(),
+        E::WrongEndpoint => "WrongEndpoint".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+pub(super) fn check_certificate_test(group: &Value, test: &Value) -> Result<(), String> {
+    use toolwire_protocol::certificate::{verify_server_certificate, CertificateCheck};
+    for (name, key) in field(group, "keys")?.as_object().ok_or("keys")? {
+        let public = Identity::from_seed(&array32(key, "seed")?)
+            .public_key()
+            .to_bytes();
+        ensure_hex(&public, key, "publicKey").map_err(|e| format!("key {name}: {e}"))?;
+        ensure_eq(key_to_text(&public).as_str(), text(key, "text")?, name)?;
+    }
+    let to_key = |bytes: [u8; 32]| {
+        toolwire_protocol::IdentityKey::from_bytes(bytes).map_err(|e| format!("{e:?}"))
+    };
+    let trusted = keys32(test, "trustedOperators")?
+        .into_iter()
+        .map(to_key)
+        .collect::<Result<Vec<_>, _>>()?;
+    let check = CertificateCheck {
+        trusted_operators: &trusted,
+        server: to_key(array32(test, "server")?)?,
+        endpoint: text(test, "endpoint")?,
+        now_unix: int(test, "now")?,
+        max_clock_skew_secs: int(test, "maxClockSkewSecs")?,
+    };
+    match verify_server_certificate(text(test, "token")?, &check) {
+        Ok(operator) if is_valid(test) => ensure_eq(
+            hex(operator.to_bytes()),
+            text(test, "expectedOperator")?.to_owned(),
+            "expectedOperator",
+        ),
+        Err(error) if !is_valid(test) => ensure_eq(
+            certificate_error_name(&error).as_str(),
+            text(test, "expectedError")?,
+            "error",
+        ),
+        Ok(operator) => Err(format!("accepted: {operator}")),
+        Err(error) => Err(format!("rejected: {error:?}")),
+    }
+}

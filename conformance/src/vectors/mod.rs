@@ -100,6 +100,12 @@ pub fn cases() -> Vec<VectorCase> {
             run: Some(check::check_grant_test),
         },
         Case {
+            id: "vectors.certificate",
+            clauses: &["ID-012", "ID-013", "ID-016"],
+            description: "certificate.json: server certificates verify to their operator or fail with the first failing check of ID-013.",
+            run: Some(check::check_certificate_test),
+        },
+        Case {
             id: "vectors.messages",
             clauses: &[
                 "MSG-001", "MSG-002", "MSG-003", "CNV-001", "CNV-002", "CNV-006", "CNV-007", "CNV-008",
