@@ -26,6 +26,7 @@ use toolwire_protocol::events::PeerText;
 use toolwire_protocol::{ErrorCode, IdentityKey};
 use toolwire_server::{
     Alert, CallContext as RustCallContext, Limits, Server, Tool, ToolError, ToolResult,
+    TrySendItemError,
 };
 
 /// One tool as the Python registry describes it: name, description, input schema
@@ -211,14 +212,33 @@ impl CallContext {
     }
 
     /// Sends a streamed item (JSON text) to the caller. Thread-safe. Items emitted
-    /// after the call ended are dropped.
-    fn emit(&self, item: &str) -> PyResult<()> {
+    /// after the call ended are dropped. While the caller reads more slowly than the
+    /// tool emits (the call's queue of `STREAM_QUEUE_PER_CALL` items is full), this
+    /// blocks the calling thread, without the GIL, until there is room: backpressure
+    /// instead of unbounded memory.
+    fn emit(&self, py: Python<'_>, item: &str) -> PyResult<()> {
         let item: serde_json::Value = serde_json::from_str(item)
             .map_err(|error| PyValueError::new_err(format!("item is not valid JSON: {error}")))?;
-        if let Some(context) = lock(&self.live).as_ref() {
-            context.send_item(item);
+        let Some(context) = lock(&self.live).clone() else {
+            return Ok(());
+        };
+        match context.try_send_item(item) {
+            Ok(()) | Err(TrySendItemError::Ended) => Ok(()),
+            Err(TrySendItemError::Full(item)) => {
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "the stream's queue is full and this thread cannot wait for room",
+                    ));
+                }
+                // Not a runtime thread: waiting here is allowed; the GIL is released so
+                // the connection tasks (which log through Python) keep running.
+                py.detach(|| {
+                    let _ = runtime().block_on(context.send_item(item));
+                });
+                Ok(())
+            }
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 }
 

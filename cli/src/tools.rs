@@ -148,7 +148,9 @@ pub(crate) fn count() -> Tool {
                 if n > 1 && delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                context.send_item(json!(n));
+                if context.send_item(json!(n)).await.is_err() {
+                    break;
+                }
             }
             Ok(json!({ "count": to }))
         },

@@ -926,6 +926,10 @@ impl Supervisor {
         let reconnect =
             self.ended.is_none() && self.policy.enabled && reconnect::reconnectable(code);
         if !reconnect {
+            if was_active && self.ended.is_none() {
+                // The callers failed below may ask `close_code()` at once.
+                lock(&self.shared).closed = Some(code);
+            }
             for id in &on_link {
                 if let Some(call) = self.calls.remove(id) {
                     call.sink.fail(CallError::ConnectionClosed { code });
@@ -1091,6 +1095,8 @@ impl Supervisor {
     /// The session is over: every call fails and every link closes.
     fn end(&mut self, code: CloseCode) {
         self.ended = Some(code);
+        // Before any caller learns of the end, so that `close_code()` already says it.
+        lock(&self.shared).closed = Some(code);
         self.retry_at = None;
         self.renew_at = None;
         for (_, call) in std::mem::take(&mut self.calls) {

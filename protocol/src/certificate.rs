@@ -33,7 +33,7 @@
 //!     trusted_operators: &[operator.public_key()],
 //!     server: server,
 //!     endpoint: "wss://tools.example.com/tw",
-//!     now_unix: 1_900_000_000,
+//!     now_unix: 1_800_000_000,
 //!     max_clock_skew_secs: 60,
 //! };
 //! assert_eq!(verify_server_certificate(&token, &check), Ok(operator.public_key()));

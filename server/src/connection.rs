@@ -167,7 +167,9 @@ struct Running {
 
 pub(crate) enum Outcome {
     Finished(u64, ToolResult),
-    Item(u64, serde_json::Value),
+    /// A STREAM_ITEM, with the permit that bounds the items queued towards the
+    /// connection task (released once the item is handled).
+    Item(u64, serde_json::Value, tokio::sync::OwnedSemaphorePermit),
     /// The handler panicked: the call's outcome is unknown (AMO-026).
     Crashed(u64),
     /// A call this connection's REQUEST `id` waited for, running on another
@@ -206,7 +208,12 @@ struct Driver<S> {
     draining: Option<tokio::time::Instant>,
     /// Security events, counters and metrics of this connection (`events.rs`).
     events: crate::events::ConnectionEvents,
+    /// Permits for STREAM_ITEMs on their way to this task ([`STREAM_ITEMS_IN_FLIGHT`]).
+    stream_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// STREAM_ITEMs of all calls of a connection that may wait for its task at once.
+const STREAM_ITEMS_IN_FLIGHT: usize = 64;
 
 /// Wall-clock time in Unix seconds, rounded down (grant expiry is checked against it).
 fn unix_now() -> i64 {
@@ -259,6 +266,7 @@ pub(crate) async fn run<S>(
         shutdown,
         draining,
         events,
+        stream_budget: Arc::new(tokio::sync::Semaphore::new(STREAM_ITEMS_IN_FLIGHT)),
     };
     driver.run(outcome_receiver).await;
 }
@@ -823,7 +831,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         };
         // The validator already decoded these bytes once; they are valid msgpack.
         let args = decode_args(&request.args).unwrap_or(serde_json::Value::Null);
-        let (items, mut item_receiver) = mpsc::unbounded_channel();
+        let (items, mut item_receiver) = mpsc::channel(crate::tool::STREAM_QUEUE_PER_CALL);
         let context = CallContext {
             client,
             session_id,
@@ -832,13 +840,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         };
         let handler = entry.tool.handler.clone();
         let outcomes = self.outcomes.clone();
+        let stream_budget = self.stream_budget.clone();
         let id = request.id;
         let deadline = request.deadline_ms.map(Duration::from_millis);
         let task = tokio::spawn(async move {
             let forward = outcomes.clone();
             let forwarder = tokio::spawn(async move {
+                // A permit per item waiting for the connection task: when that task is
+                // stuck writing to a peer that does not read, the permits run out, this
+                // loop waits, the call's queue fills and `send_item` waits (backpressure
+                // from the socket to the handler).
                 while let Some((id, item)) = item_receiver.recv().await {
-                    let _ = forward.send(Outcome::Item(id, item));
+                    let Ok(permit) = stream_budget.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let _ = forward.send(Outcome::Item(id, item, permit));
                 }
             });
             // A panicking handler is caught, so that its call ends (AMO-026).
@@ -887,7 +903,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         };
         let lineage = session.lineage;
         match outcome {
-            Outcome::Item(id, item) => {
+            Outcome::Item(id, item, _permit) => {
                 if let Some(running) = self.running.get_mut(&id) {
                     let data = rmp_serde::to_vec_named(&item).unwrap_or_default();
                     let index = running.next_item;

@@ -49,7 +49,10 @@ pub use builder::{
 };
 pub use shutdown::ShutdownReport;
 pub use tls::{TlsConfig, TlsConfigError};
-pub use tool::{CallContext, HandlerFuture, SchemaError, Tool, ToolError, ToolResult};
+pub use tool::{
+    CallContext, CallEnded, HandlerFuture, SchemaError, Tool, ToolError, ToolResult,
+    TrySendItemError, STREAM_QUEUE_PER_CALL,
+};
 pub use toolwire_protocol as protocol;
 
 #[cfg(feature = "__fault_injection")]

@@ -67,14 +67,64 @@ pub struct CallContext {
     pub session_id: [u8; 32],
     /// The request id.
     pub request_id: u64,
-    pub(crate) stream: mpsc::UnboundedSender<(u64, serde_json::Value)>,
+    pub(crate) stream: mpsc::Sender<(u64, serde_json::Value)>,
+}
+
+/// Items one call may have queued, not yet handed to its connection, before
+/// [`CallContext::send_item`] waits.
+pub const STREAM_QUEUE_PER_CALL: usize = 16;
+
+/// The call has ended (its connection is gone): the item was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the call has ended; the item was not sent")]
+pub struct CallEnded;
+
+/// Why [`CallContext::try_send_item`] did not queue an item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendItemError {
+    /// The caller reads more slowly than the tool produces: the call's queue is full.
+    /// The item is handed back; try again later, or use [`CallContext::send_item`],
+    /// which waits.
+    #[error("the call's stream queue is full")]
+    Full(serde_json::Value),
+    /// The call has ended.
+    #[error("the call has ended; the item was not sent")]
+    Ended,
 }
 
 impl CallContext {
-    /// Sends a partial result or progress report to the caller (STREAM_ITEM). Items
-    /// sent after the call was cancelled are dropped.
-    pub fn send_item(&self, item: serde_json::Value) {
-        let _ = self.stream.send((self.request_id, item));
+    /// Sends a partial result or progress report to the caller (STREAM_ITEM), in
+    /// order, before the call's result.
+    ///
+    /// Waits while the caller is not keeping up: at most [`STREAM_QUEUE_PER_CALL`]
+    /// items per call, and a bounded number per connection, wait to be written, and
+    /// a connection whose peer stops reading is closed after
+    /// [`Limits::write_stall_timeout`](crate::Limits::write_stall_timeout) — so a
+    /// fast producer cannot fill the server's memory behind a slow client.
+    ///
+    /// # Errors
+    /// [`CallEnded`] when the call can no longer send (its connection is gone).
+    pub async fn send_item(&self, item: serde_json::Value) -> Result<(), CallEnded> {
+        self.stream
+            .send((self.request_id, item))
+            .await
+            .map_err(|_| CallEnded)
+    }
+
+    /// Like [`send_item`](Self::send_item) without waiting, for code that cannot
+    /// await (a synchronous handler, a foreign-language callback).
+    ///
+    /// # Errors
+    /// [`TrySendItemError::Full`] (with the item) while the call's queue is full,
+    /// [`TrySendItemError::Ended`] when the call can no longer send.
+    pub fn try_send_item(&self, item: serde_json::Value) -> Result<(), TrySendItemError> {
+        self.stream
+            .try_send((self.request_id, item))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full((_, item)) => TrySendItemError::Full(item),
+                mpsc::error::TrySendError::Closed(_) => TrySendItemError::Ended,
+            })
     }
 }
 

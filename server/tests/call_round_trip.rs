@@ -34,7 +34,7 @@ async fn agent_calls_echo_and_streams_over_loopback() {
         ))
         .tool(Tool::new("count", "Streams 0, 1, 2 then returns 3.", serde_json::json!({"type": "object"}), |_, context| async move {
             for index in 0..3 {
-                context.send_item(serde_json::json!(index));
+                context.send_item(serde_json::json!(index)).await.expect("call open");
             }
             Ok(serde_json::json!(3))
         }))

@@ -359,7 +359,9 @@ fn firehose_tool(state: &Arc<Firehose>) -> Tool {
                 let _flag = StopFlag(state.clone());
                 let item = serde_json::json!("x".repeat(4096));
                 for _ in 0..20_000 {
-                    context.send_item(item.clone());
+                    if context.send_item(item.clone()).await.is_err() {
+                        break;
+                    }
                     state.emitted.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_micros(200)).await;
                 }

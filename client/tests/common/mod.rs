@@ -138,10 +138,12 @@ impl Tools {
                 move |args, context| {
                     let gate = gate.clone();
                     gate.start();
-                    if args["stream"] == true {
-                        context.send_item(serde_json::json!("started"));
-                    }
                     async move {
+                        if args["stream"] == true
+                            && context.send_item(serde_json::json!("started")).await.is_err()
+                        {
+                            return Ok(serde_json::Value::Null);
+                        }
                         if let Ok(permit) = gate.release.acquire().await {
                             permit.forget();
                         }

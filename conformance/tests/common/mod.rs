@@ -70,7 +70,13 @@ fn tools() -> Vec<Tool> {
             serde_json::json!({"type": "object"}),
             |_, context| async move {
                 for index in 0..3 {
-                    context.send_item(serde_json::json!({ "item": index }));
+                    if context
+                        .send_item(serde_json::json!({ "item": index }))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
                 Ok(serde_json::json!("done"))
             },

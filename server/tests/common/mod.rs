@@ -207,7 +207,9 @@ fn ticker_tool(probe: &Arc<Probe>) -> Tool {
             async move {
                 let count = args["count"].as_u64().unwrap_or(0);
                 for index in 0..count {
-                    context.send_item(serde_json::json!(index));
+                    if context.send_item(serde_json::json!(index)).await.is_err() {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 run.finish();

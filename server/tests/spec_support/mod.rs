@@ -76,7 +76,13 @@ fn ticker() -> Tool {
             let count = args["count"].as_u64().unwrap_or(0);
             let interval = args["interval_ms"].as_u64().unwrap_or(0);
             for index in 0..count {
-                context.send_item(serde_json::json!({"tick": index}));
+                if context
+                    .send_item(serde_json::json!({"tick": index}))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
                 if interval > 0 {
                     tokio::time::sleep(Duration::from_millis(interval)).await;
                 }
