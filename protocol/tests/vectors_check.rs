@@ -1164,6 +1164,129 @@ fn certificate_vectors() {
     check_file("certificate.json", check_certificate_test);
 }
 
+// ---------------------------------------------------------------------------------
+// at_most_once.json
+// ---------------------------------------------------------------------------------
+
+/// An outcome as at_most_once.json writes it: `result` hex, `resultRepeated`
+/// {byte, length}, or an error `code` and `message`.
+fn amo_outcome(value: &Value) -> Result<toolwire_protocol::amo::CachedOutcome, String> {
+    use toolwire_protocol::amo::CachedOutcome;
+    if value.get("result").is_some() {
+        return Ok(CachedOutcome::Response(bytes(value, "result")?));
+    }
+    if let Some(repeated) = value.get("resultRepeated") {
+        let byte = bytes(repeated, "byte")?;
+        let length = usize::try_from(uint(repeated, "length")?).map_err(|e| e.to_string())?;
+        return Ok(CachedOutcome::Response(vec![
+            *byte
+                .first()
+                .ok_or("empty byte")?;
+            length
+        ]));
+    }
+    let code = u32::try_from(uint(value, "code")?).map_err(|e| e.to_string())?;
+    Ok(CachedOutcome::Error {
+        code: toolwire_protocol::ErrorCode(code),
+        message: text(value, "message")?.to_owned(),
+    })
+}
+
+fn amo_admission_name(admission: &toolwire_protocol::amo::Admission) -> &'static str {
+    use toolwire_protocol::amo::Admission;
+    match admission {
+        Admission::Execute => "execute",
+        Admission::Duplicate(_) => "duplicate",
+        Admission::InFlight => "in_flight",
+        Admission::Stale => "stale",
+        Admission::Unavailable => "unavailable",
+        Admission::IdOutOfRange => "out_of_range",
+        Admission::Overloaded => "overloaded",
+        Admission::Mismatch => "mismatch",
+        _ => "other",
+    }
+}
+
+/// Replays a scenario's steps on a fresh table with the default bounds and compares
+/// every verdict and answer.
+fn check_at_most_once_test(_group: &Value, test: &Value) -> Result<(), String> {
+    use toolwire_protocol::amo::{
+        Admission, AmoConfig, AtMostOnceStore as _, AtMostOnceTable, CallFingerprint, LineageKey,
+        LineageOrigin,
+    };
+    let client = toolwire_protocol::IdentityKey::from_bytes(array32(test, "client")?)
+        .map_err(|e| format!("client: {e:?}"))?;
+    let lineage: [u8; 16] = bytes(test, "lineage")?
+        .try_into()
+        .map_err(|_| "lineage is not 16 bytes")?;
+    let key = LineageKey::new(client, lineage);
+    let mut table = AtMostOnceTable::new(AmoConfig::default());
+    let steps = field(test, "steps")?.as_array().ok_or("steps")?;
+    for (index, step) in steps.iter().enumerate() {
+        let at = |error: String| format!("step {index}: {error}");
+        match text(step, "op").map_err(at)? {
+            "attach" => {
+                let origin = match text(step, "origin").map_err(at)? {
+                    "fresh" => LineageOrigin::Fresh,
+                    _ => LineageOrigin::Resumed,
+                };
+                table.attach(&key, origin);
+            }
+            "admit" => {
+                let fingerprint = CallFingerprint::of(
+                    text(step, "tool").map_err(at)?,
+                    &bytes(step, "args").map_err(at)?,
+                    "",
+                );
+                let id = uint(step, "id").map_err(at)?;
+                let retry = field(step, "retry")
+                    .map_err(at)?
+                    .as_bool()
+                    .ok_or_else(|| at("retry".into()))?;
+                let admission = table.admit_call(&key, id, retry, &fingerprint);
+                ensure_eq(
+                    amo_admission_name(&admission),
+                    text(step, "expect").map_err(at)?,
+                    &format!("step {index}: admission of id {id}"),
+                )?;
+                if let Admission::Duplicate(outcome) = admission {
+                    let expected =
+                        amo_outcome(field(step, "expectedOutcome").map_err(at)?).map_err(at)?;
+                    ensure(outcome == expected, || at("cached outcome differs".into()))?;
+                }
+            }
+            "complete" => {
+                let outcome = amo_outcome(field(step, "outcome").map_err(at)?).map_err(at)?;
+                let sent = table.complete(&key, uint(step, "id").map_err(at)?, outcome);
+                ensure_eq(
+                    Some(sent),
+                    field(step, "expectSent").map_err(at)?.as_bool(),
+                    &at("sent".into()),
+                )?;
+            }
+            "abandon" => table.abandon(&key, uint(step, "id").map_err(at)?),
+            "cancel" => {
+                let sent = table.cancel(&key, uint(step, "id").map_err(at)?);
+                ensure_eq(
+                    Some(sent),
+                    field(step, "expectSent").map_err(at)?.as_bool(),
+                    &at("sent".into()),
+                )?;
+            }
+            other => return Err(at(format!("unknown op {other}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Clauses: AMO-002, AMO-005, AMO-007, AMO-010, AMO-012, AMO-013, AMO-014, AMO-015,
+/// AMO-016, AMO-019, AMO-020, AMO-021, AMO-022, AMO-023, AMO-024, AMO-025, AMO-026,
+/// AMO-028 — every committed at-most-once scenario gives its verdicts and answers.
+#[test]
+fn at_most_once_vectors() {
+    check_file("at_most_once.json", check_at_most_once_test);
+}
+
 #[test]
 fn every_vector_file_is_checked() {
     // One #[test] per file above; keep this list in step with vectors_support::FILES.
@@ -1176,6 +1299,7 @@ fn every_vector_file_is_checked() {
         "grant.json",
         "messages.json",
         "certificate.json",
+        "at_most_once.json",
     ];
     assert_eq!(checked.as_slice(), FILES);
 }

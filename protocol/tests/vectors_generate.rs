@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use time::macros::datetime;
 use time::OffsetDateTime;
+use toolwire_protocol::amo::{
+    Admission, AmoConfig, AtMostOnceStore as _, AtMostOnceTable, CachedOutcome, CallFingerprint,
+    LineageKey, LineageOrigin,
+};
 use toolwire_protocol::certificate::{
     verify_server_certificate, CertificateCheck, ServerCertificateBuilder,
     CERTIFICATE_IMPLICIT_ASSERTION,
@@ -52,7 +56,7 @@ use toolwire_protocol::testing::{
     FIXED_SERVER_EPHEMERAL, FIXED_UNIX_TIME,
 };
 use toolwire_protocol::transport::Transport;
-use toolwire_protocol::{CloseCode, Connection, Error, Side};
+use toolwire_protocol::{CloseCode, Connection, Error, ErrorCode, Side};
 use vectors_support::{
     certificate_error_name, close_code_name, error_name, grant_error_name, hex,
     receiver_from_state, ReceiverState, FILES, VECTORS_DIR,
@@ -131,6 +135,7 @@ fn generate_all() -> Vec<(&'static str, String)> {
         ("grant.json", grant_file()),
         ("messages.json", messages_file()),
         ("certificate.json", certificate_file()),
+        ("at_most_once.json", at_most_once_file()),
     ]
 }
 
@@ -3811,6 +3816,289 @@ fn certificate_file() -> String {
             "type": "ServerCertificateVerification",
             "implicitAssertion": "toolwire/1 server certificate",
             "keys": keys,
+            "tests": tests,
+        })],
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// at_most_once.json
+// ---------------------------------------------------------------------------------
+
+/// One step of an at-most-once scenario, as the file spells it.
+enum AmoStep<'a> {
+    Attach(&'a str),
+    Admit {
+        id: u64,
+        retry: bool,
+        tool: &'a str,
+        args: &'a [u8],
+    },
+    Complete(u64, CachedOutcome),
+    Abandon(u64),
+    Cancel(u64),
+}
+
+fn admission_name(admission: &Admission) -> &'static str {
+    match admission {
+        Admission::Execute => "execute",
+        Admission::Duplicate(_) => "duplicate",
+        Admission::InFlight => "in_flight",
+        Admission::Stale => "stale",
+        Admission::Unavailable => "unavailable",
+        Admission::IdOutOfRange => "out_of_range",
+        Admission::Overloaded => "overloaded",
+        Admission::Mismatch => "mismatch",
+        _ => panic!("an admission the vectors do not name"),
+    }
+}
+
+fn outcome_json(outcome: &CachedOutcome) -> Value {
+    match outcome {
+        // Long results of one repeated byte are written by length, to keep the file small.
+        CachedOutcome::Response(bytes)
+            if bytes.len() > 64 && bytes.iter().all(|b| *b == bytes[0]) =>
+        {
+            json!({ "resultRepeated": { "byte": hex([bytes[0]]), "length": bytes.len() } })
+        }
+        CachedOutcome::Response(bytes) => json!({ "result": hex(bytes) }),
+        CachedOutcome::Error { code, message } => json!({ "code": code.0, "message": message }),
+        _ => panic!("an outcome the vectors do not name"),
+    }
+}
+
+/// Runs `steps` on a fresh table with the default bounds and records each step with
+/// the table's answer.
+fn amo_test(comment: &str, flags: &[&str], clauses: &[&str], steps: &[AmoStep<'_>]) -> Value {
+    let client = identity_public(CLIENT_A_SEED);
+    let lineage: [u8; 16] = label("amo lineage")[..16].try_into().unwrap();
+    let key = LineageKey::new(IdentityKey::from_bytes(client).unwrap(), lineage);
+    let mut table = AtMostOnceTable::new(AmoConfig::default());
+    let mut recorded = Vec::new();
+    for step in steps {
+        recorded.push(match step {
+            AmoStep::Attach(origin) => {
+                let origin = match *origin {
+                    "fresh" => LineageOrigin::Fresh,
+                    _ => LineageOrigin::Resumed,
+                };
+                table.attach(&key, origin);
+                json!({ "op": "attach", "origin": if origin == LineageOrigin::Fresh { "fresh" } else { "resumed" } })
+            }
+            AmoStep::Admit {
+                id,
+                retry,
+                tool,
+                args,
+            } => {
+                let fingerprint = CallFingerprint::of(tool, args, "");
+                let admission = table.admit_call(&key, *id, *retry, &fingerprint);
+                let mut value = json!({
+                    "op": "admit",
+                    "id": id,
+                    "retry": retry,
+                    "tool": tool,
+                    "args": hex(args),
+                    "expect": admission_name(&admission),
+                });
+                if let Admission::Duplicate(outcome) = &admission {
+                    value["expectedOutcome"] = outcome_json(outcome);
+                }
+                value
+            }
+            AmoStep::Complete(id, outcome) => {
+                let sent = table.complete(&key, *id, outcome.clone());
+                json!({ "op": "complete", "id": id, "outcome": outcome_json(outcome), "expectSent": sent })
+            }
+            AmoStep::Abandon(id) => {
+                table.abandon(&key, *id);
+                json!({ "op": "abandon", "id": id })
+            }
+            AmoStep::Cancel(id) => {
+                let sent = table.cancel(&key, *id);
+                json!({ "op": "cancel", "id": id, "expectSent": sent })
+            }
+        });
+    }
+    json!({
+        "comment": comment,
+        "flags": flags,
+        "clauses": clauses,
+        "client": hex(client),
+        "lineage": hex(lineage),
+        "steps": recorded,
+        "result": "valid",
+    })
+}
+
+fn at_most_once_file() -> String {
+    let admit = |id: u64, retry: bool| AmoStep::Admit {
+        id,
+        retry,
+        tool: "echo",
+        args: &[0x80],
+    };
+    let ok = |bytes: &[u8]| CachedOutcome::Response(bytes.to_vec());
+    let failed = CachedOutcome::Error {
+        code: ErrorCode::INVALID_ARGUMENT,
+        message: "bad input".into(),
+    };
+    let tests = vec![
+        amo_test(
+            "a fresh lineage executes a new id, answers its copies from the cache, and refuses a second completion",
+            &["Execute", "Duplicate"],
+            &["AMO-012", "AMO-016", "AMO-020", "AMO-021", "AMO-022"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(1, false),
+                AmoStep::Complete(1, ok(&[0xa2, 0x6f, 0x6b])),
+                admit(1, true),
+                admit(1, false),
+                AmoStep::Complete(1, ok(&[0xc0])),
+            ],
+        ),
+        amo_test(
+            "a copy of an id in flight is not executed; after completion it gets the outcome",
+            &["InFlight", "Duplicate"],
+            &["AMO-010", "AMO-011", "AMO-012"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(7, false),
+                admit(7, true),
+                AmoStep::Complete(7, failed.clone()),
+                admit(7, true),
+            ],
+        ),
+        amo_test(
+            "an id at 2^62 is out of range and recorded nowhere; 2^62 - 1 executes",
+            &["OutOfRange"],
+            &["AMO-007"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(1 << 62, false),
+                admit((1 << 62) - 1, false),
+            ],
+        ),
+        amo_test(
+            "an id without a cached outcome 4032 below the highest recorded id is stale, 4031 below unavailable; a cached outcome is answered at any distance",
+            &["Stale"],
+            &["AMO-013", "AMO-014"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(1, false),
+                AmoStep::Complete(1, ok(&[1])),
+                admit(2, false),
+                AmoStep::Abandon(2),
+                admit(4033, false),
+                admit(1, true),
+                admit(2, true),
+                AmoStep::Complete(4033, ok(&[2])),
+                admit(4034, false),
+                admit(2, true),
+            ],
+        ),
+        amo_test(
+            "an abandoned id (handler crashed) caches nothing: its copies are unavailable",
+            &["Unavailable"],
+            &["AMO-014", "AMO-026"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(3, false),
+                AmoStep::Abandon(3),
+                admit(3, true),
+                AmoStep::Complete(3, ok(&[3])),
+            ],
+        ),
+        amo_test(
+            "a recovered lineage: an unknown id sent with retry is unavailable (and recorded); without retry it executes",
+            &["Recovered", "Unavailable"],
+            &["AMO-005", "AMO-015", "AMO-016"],
+            &[
+                AmoStep::Attach("resumed"),
+                admit(5, true),
+                admit(5, true),
+                admit(6, false),
+            ],
+        ),
+        amo_test(
+            "a fresh lineage executes an unknown id whatever retry says",
+            &["Execute"],
+            &["AMO-002", "AMO-016"],
+            &[AmoStep::Attach("fresh"), admit(9, true)],
+        ),
+        amo_test(
+            "CANCEL of an id in flight completes it with CANCELLED, cached for its copies; a late result is not sent; CANCEL of an unknown id sends nothing",
+            &["Cancel", "Duplicate"],
+            &["AMO-023", "AMO-024", "AMO-025"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(4, false),
+                AmoStep::Cancel(4),
+                AmoStep::Complete(4, ok(&[4])),
+                admit(4, true),
+                AmoStep::Cancel(4),
+                AmoStep::Cancel(99),
+            ],
+        ),
+        amo_test(
+            "a reused id naming another call (other arguments, other tool) is a mismatch, in flight and cached",
+            &["Mismatch"],
+            &["AMO-019"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(8, false),
+                AmoStep::Admit {
+                    id: 8,
+                    retry: true,
+                    tool: "echo",
+                    args: &[0x81, 0xa1, 0x78, 0x01],
+                },
+                AmoStep::Complete(8, ok(&[8])),
+                AmoStep::Admit {
+                    id: 8,
+                    retry: true,
+                    tool: "delete",
+                    args: &[0x80],
+                },
+                admit(8, true),
+            ],
+        ),
+        amo_test(
+            "an outcome larger than 65536 bytes is sent once and not cached: its copies are unavailable",
+            &["Unavailable", "Bounds"],
+            &["AMO-028"],
+            &[
+                AmoStep::Attach("fresh"),
+                admit(10, false),
+                AmoStep::Complete(10, ok(&vec![0x5a; 65_537])),
+                admit(10, true),
+                admit(11, false),
+                AmoStep::Complete(11, ok(&vec![0x5a; 65_536])),
+                admit(11, true),
+            ],
+        ),
+    ];
+    finish(
+        "at_most_once",
+        &[
+            "At-most-once admission (spec section 14) of one lineage of one client, on a table with the default bounds (section 14.4), starting empty. Result bytes are hex (`result`), or for long runs of one byte `resultRepeated` = {byte, length}.",
+            "Each test is a sequence of steps: attach (the lineage is attached by a session, fresh or resumed); admit (a REQUEST with id, retry, tool and msgpack args, grant id empty) with the verdict `expect` of section 14.2 (execute, duplicate with expectedOutcome, in_flight, stale, unavailable, out_of_range, overloaded, mismatch); complete (the call's outcome: result bytes, or an error code and message) and cancel, with expectSent = whether that answer is sent; abandon (the handler ended without an outcome).",
+            "An implementation replays the steps in order on a fresh table and must give every listed verdict and answer.",
+        ],
+        &[
+            ("Execute", "A step admits an id for execution."),
+            ("Duplicate", "A copy is answered from the cache."),
+            ("InFlight", "A copy of a running id waits for its outcome."),
+            ("OutOfRange", "An id at or above 2^62."),
+            ("Stale", "An id below the request-id window."),
+            ("Unavailable", "An id whose outcome the server cannot give."),
+            ("Recovered", "A lineage resumed that the server did not hold."),
+            ("Cancel", "CANCEL of a call."),
+            ("Mismatch", "A reused id naming another call (AMO-019)."),
+            ("Bounds", "An outcome at or over the size bound."),
+        ],
+        vec![json!({
+            "type": "AtMostOnceAdmission",
             "tests": tests,
         })],
     )

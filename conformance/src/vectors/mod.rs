@@ -106,6 +106,16 @@ pub fn cases() -> Vec<VectorCase> {
             run: Some(check::check_certificate_test),
         },
         Case {
+            id: "vectors.at_most_once",
+            clauses: &[
+                "AMO-002", "AMO-005", "AMO-007", "AMO-010", "AMO-012", "AMO-013", "AMO-014",
+                "AMO-015", "AMO-016", "AMO-019", "AMO-020", "AMO-021", "AMO-022", "AMO-023",
+                "AMO-024", "AMO-025", "AMO-026", "AMO-028",
+            ],
+            description: "at_most_once.json: admission scenarios give the verdicts and answers of section 14.",
+            run: Some(check::check_at_most_once_test),
+        },
+        Case {
             id: "vectors.messages",
             clauses: &[
                 "MSG-001", "MSG-002", "MSG-003", "CNV-001", "CNV-002", "CNV-006", "CNV-007", "CNV-008",

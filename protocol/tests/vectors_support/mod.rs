@@ -21,6 +21,7 @@ pub(crate) const FILES: &[&str] = &[
     "grant.json",
     "messages.json",
     "certificate.json",
+    "at_most_once.json",
 ];
 
 /// Reads and parses one committed vector file.
