@@ -208,13 +208,14 @@ impl ClientHandshake {
         if self.config.trusted_servers.contains(&server) {
             return true;
         }
-        let (Some(token), false, true) = (
-            certificate,
-            self.config.trusted_operators.is_empty(),
-            unix_now > 0,
-        ) else {
+        // Without a trusted operator, a certificate, or a wall clock to check its
+        // validity period against, only pins count (ID-013).
+        let Some(token) = certificate else {
             return false;
         };
+        if self.config.trusted_operators.is_empty() || unix_now <= 0 {
+            return false;
+        }
         let check = CertificateCheck {
             trusted_operators: &self.config.trusted_operators,
             server,

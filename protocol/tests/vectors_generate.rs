@@ -2293,22 +2293,7 @@ impl GrantKeys {
     }
 
     fn json(&self) -> Value {
-        let map: serde_json::Map<String, Value> = self
-            .names
-            .iter()
-            .map(|(name, seed)| {
-                let public = identity_public(*seed);
-                (
-                    (*name).to_owned(),
-                    json!({
-                        "seed": hex(seed),
-                        "publicKey": hex(public),
-                        "text": toolwire_protocol::grant::key_to_text(&public),
-                    }),
-                )
-            })
-            .collect();
-        Value::Object(map)
+        named_keys_json(&self.names)
     }
 }
 
@@ -3527,6 +3512,26 @@ fn messages_file() -> String {
 // certificate.json
 // ---------------------------------------------------------------------------------
 
+/// The `keys` object of a vector group: per name, the identity seed, its public key
+/// in hex and in text form (ID-006).
+fn named_keys_json(names: &[(&str, [u8; 32])]) -> Value {
+    let map: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|(name, seed)| {
+            let public = identity_public(*seed);
+            (
+                (*name).to_owned(),
+                json!({
+                    "seed": hex(seed),
+                    "publicKey": hex(public),
+                    "text": toolwire_protocol::grant::key_to_text(&public),
+                }),
+            )
+        })
+        .collect();
+    Value::Object(map)
+}
+
 const CERTIFICATE_KEYS: &[(&str, [u8; 32])] = &[
     ("operator", ISSUER_SEED),
     ("untrustedOperator", [0x55; 32]),
@@ -3777,20 +3782,7 @@ fn certificate_file() -> String {
         &ctx(),
         Some("Malformed.purpose"),
     ));
-    let keys: serde_json::Map<String, Value> = CERTIFICATE_KEYS
-        .iter()
-        .map(|(name, seed)| {
-            let public = identity_public(*seed);
-            (
-                (*name).to_owned(),
-                json!({
-                    "seed": hex(seed),
-                    "publicKey": hex(public),
-                    "text": toolwire_protocol::grant::key_to_text(&public),
-                }),
-            )
-        })
-        .collect();
+    let keys = named_keys_json(CERTIFICATE_KEYS);
     finish(
         "certificate",
         &[
