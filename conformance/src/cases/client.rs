@@ -36,7 +36,7 @@ macro_rules! case {
 }
 
 /// Every client-mode case, in run order.
-pub fn client_cases() -> Vec<ClientCase> {
+pub(super) fn client_cases() -> Vec<ClientCase> {
     vec![
         // ---- Baseline -----------------------------------------------------------
         case!("cli.baseline", ["TRN-017", "TRN-023", "HS-004", "HS-006", "HS-018", "HS-019", "ENV-001", "ENV-003", "REC-009", "REC-010", "MSG-005", "MSG-006", "MSG-007", "AMO-006", "CLS-001", "CLS-002", "ID-001"],

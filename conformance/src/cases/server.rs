@@ -39,8 +39,8 @@ macro_rules! case {
     };
 }
 
-/// Every server-mode case, in run order.
-pub fn server_cases() -> Vec<ServerCase> {
+/// The server-mode cases of this file that run before the floods, in run order.
+pub(super) fn core_cases() -> Vec<ServerCase> {
     vec![
         // ---- 2.2 Upgrade checks -------------------------------------------------
         case!("trn.origin.foreign", ["TRN-005", "TRN-006", "TRN-007"],
@@ -247,7 +247,12 @@ pub fn server_cases() -> Vec<ServerCase> {
             "A grant signed by an issuer the server does not trust: disregarded, 4001.", closure |t| Box::pin(bad_grant(t, BadGrant::ForeignIssuer))),
         case!("grt.cap-request-ninth", ["GRT-037", "GRT-038", "LIM-013"],
             "CAP_REQUEST with 8 junk tokens then a valid grant for a second tool: the ninth is not verified (the tool stays ungranted); the same grant first in a CAP_REQUEST is added.", cap_request_ninth),
-        // ---- Floods (last: they drain the identity's budgets) ------------------
+    ]
+}
+
+/// The flood cases: they run last because they drain the identity's budgets.
+pub(super) fn flood_cases() -> Vec<ServerCase> {
+    vec![
         case!("amo.lineage-quota", ["AMO-031", "AMO-032", "LIM-015"],
             "After 17 fresh lineages of one client each executed a call, the oldest was dropped: resuming it, its id retried is RESULT_UNAVAILABLE (101).", lineage_quota),
         case!("amo.cache-per-lineage", ["AMO-029"],

@@ -1,0 +1,8 @@
+//! (being written)
+
+use crate::client::ClientCase;
+
+/// The cases of this file, in run order.
+pub(super) fn cases() -> Vec<ClientCase> {
+    Vec::new()
+}
