@@ -1,6 +1,8 @@
 //! A reference server on loopback for the suite's own tests: `echo` (returns its
 //! arguments), `counter` (returns how often it ran: a re-execution changes the
-//! result) and `admin` (offered, but not granted to the suite's identity).
+//! result), `slow` (two seconds), `stream` (three items), `big` (a result larger
+//! than a record), `bulk` (streams up to 128 MiB) and `admin` (offered, but not
+//! granted to the suite's identity).
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +18,7 @@ use toolwire_server::{DangerousServerBuilder, Server, ServerBuilder, Tool};
 pub struct RunningServer {
     pub url: String,
     pub server_key: IdentityKey,
-    /// The identity the server allows (echo, counter and slow only).
+    /// The identity the server allows (every tool but admin).
     pub client: Identity,
     /// A second identity the server allows.
     pub other: Identity,
@@ -82,6 +84,26 @@ fn tools() -> Vec<Tool> {
             },
         ),
         Tool::new(
+            "big",
+            "Returns a 70,000-byte string: larger than one record can carry (REC-014).",
+            serde_json::json!({"type": "object"}),
+            |_, _| async move { Ok(serde_json::json!("x".repeat(70_000))) },
+        ),
+        Tool::new(
+            "bulk",
+            "Streams up to 128 MiB in 4 KiB items as fast as its caller reads (LIM-004).",
+            serde_json::json!({"type": "object"}),
+            |_, context| async move {
+                let item = serde_json::json!("b".repeat(4096));
+                for _ in 0..32_768 {
+                    if context.send_item(item.clone()).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(serde_json::json!("done"))
+            },
+        ),
+        Tool::new(
             "admin",
             "Not granted to the conformance identity.",
             serde_json::json!({"type": "object"}),
@@ -117,7 +139,7 @@ pub async fn start_as(
     ));
     let _ = std::fs::remove_file(&audit_log);
     let mut builder: ServerBuilder = Server::builder(identity.clone(), url.clone())
-        .allow_client_tools(client.public_key(), ["echo", "counter", "slow", "stream"])
+        .allow_client_tools(client.public_key(), ["echo", "counter", "slow", "stream", "big", "bulk"])
         .allow_client_tools(other.public_key(), ["echo", "counter"])
         .trust_grant_issuer(issuer.public_key())
         .allow_origin("https://app.conformance.invalid")
