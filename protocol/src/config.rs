@@ -209,6 +209,9 @@ pub struct ServerConfig {
     pub(crate) limits: ConnectionLimits,
     pub(crate) max_clock_skew_secs: i64,
     pub(crate) certificate: Option<String>,
+    /// Where every session's sending direction starts (sequence number, epoch):
+    /// (0, 0) unless a conformance run moved it (see [`DangerousServerConfig`]).
+    pub(crate) first_send: (u64, u32),
 }
 
 impl ServerConfig {
@@ -232,6 +235,7 @@ impl ServerConfig {
             limits: ConnectionLimits::default(),
             max_clock_skew_secs: 30,
             certificate: None,
+            first_send: (0, 0),
         }
     }
 
@@ -319,6 +323,37 @@ impl DangerousServerConfig<'_> {
     /// still authenticates that key; authorization must then come from elsewhere.
     pub fn allow_any_client(&mut self) -> &mut Self {
         self.config.allow_any_client = true;
+        self
+    }
+
+    /// CONFORMANCE TESTING ONLY: every session's server→client direction starts at
+    /// sequence number `seq` (capped at the reserved last one, `2^62 − 1`) instead of
+    /// 0, right after the handshake.
+    ///
+    /// It exists so that a conformance run can reach the end of the sequence space
+    /// (REC-011..REC-013, SEQUENCE_EXHAUSTED) in a few records instead of `2^62`
+    /// (spec LIM-017). It gives up interoperability, not secrecy: numbers still
+    /// only grow from `seq`, so no (key, nonce) pair repeats, but it breaks REC-010,
+    /// and a client that checks strict order (every conforming one) closes the
+    /// session on the first record. Never set it on a server real clients use.
+    pub fn start_send_sequence_for_testing(&mut self, seq: u64) -> &mut Self {
+        self.config.first_send.0 = seq;
+        self
+    }
+
+    /// CONFORMANCE TESTING ONLY: every session's server→client direction starts in
+    /// epoch `epoch` instead of 0, right after the handshake, still under the
+    /// handshake's key (the key of epoch `epoch` would take `epoch` applications of
+    /// REKEY).
+    ///
+    /// It exists so that a conformance run can reach the last epoch, `2^32 − 1`, and
+    /// check that the server closes with SEQUENCE_EXHAUSTED instead of rekeying
+    /// (KEY-006), without `2^32` rekeys (spec LIM-017). Keys stay per-connection and
+    /// nonces unique, but the labels break the key schedule (KS-003), so a conforming
+    /// client closes the session on the first record. Never set it on a server real
+    /// clients use.
+    pub fn start_send_epoch_for_testing(&mut self, epoch: u32) -> &mut Self {
+        self.config.first_send.1 = epoch;
         self
     }
 }

@@ -81,6 +81,9 @@ pub struct Connection {
     last_sent: Instant,
     epoch_started: Instant,
     next_ping_nonce: u64,
+    /// Where the sending direction starts after the handshake (sequence number,
+    /// epoch): (0, 0) but for a server configured for conformance testing.
+    first_send: (u64, u32),
 }
 
 impl std::fmt::Debug for Connection {
@@ -147,14 +150,17 @@ impl Connection {
         rng: &mut impl rand_core::CryptoRngCore,
     ) -> Self {
         let limits = config.limits.clone();
+        let first_send = config.first_send;
         let handshake = ServerHandshake::new(config, rng);
-        Self::new(
+        let mut connection = Self::new(
             Role::Server,
             State::ServerAwaitingInit(handshake),
             limits,
             now,
             unix_now,
-        )
+        );
+        connection.first_send = first_send;
+        connection
     }
 
     fn new(
@@ -180,6 +186,7 @@ impl Connection {
             last_sent: now,
             epoch_started: now,
             next_ping_nonce: 0,
+            first_send: (0, 0),
         }
     }
 
@@ -336,7 +343,10 @@ impl Connection {
         result.map_err(|error| self.fail(error))
     }
 
-    fn establish(&mut self, now: Instant, transport: Transport, session: SessionInfo) {
+    fn establish(&mut self, now: Instant, mut transport: Transport, session: SessionInfo) {
+        if self.first_send != (0, 0) {
+            transport.start_send_at(self.first_send.0, self.first_send.1);
+        }
         self.state = State::Established(Box::new(transport));
         self.established_at = Some(now);
         self.last_received = now;
@@ -533,6 +543,7 @@ impl Connection {
             last_sent: self.last_sent,
             epoch_started: self.epoch_started,
             next_ping_nonce: self.next_ping_nonce,
+            first_send: self.first_send,
         })
     }
 
@@ -554,13 +565,15 @@ impl Connection {
         unix_now: i64,
     ) -> Self {
         let limits = config.limits.clone();
-        Self::new(
+        let mut connection = Self::new(
             Role::Server,
             State::ServerAwaitingInit(handshake),
             limits,
             now,
             unix_now,
-        )
+        );
+        connection.first_send = config.first_send;
+        connection
     }
 }
 
@@ -586,5 +599,175 @@ fn role_may_send(role: Role, message: &Message) -> bool {
                 | Message::Error(_)
                 | Message::Ping(_)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The conformance-testing start of the server's sending direction
+    //! ([`DangerousServerConfig`](crate::config::DangerousServerConfig)): the end of
+    //! the sequence space (REC-011..REC-013) and the last epoch (KEY-006) reached in
+    //! a few records.
+
+    use super::*;
+    use crate::identity::Identity;
+    use crate::record::{RecordHeader, LAST_SEQUENCE};
+    use rand_chacha::rand_core::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    const ENDPOINT: &str = "wss://tools.example/toolwire";
+
+    /// A client and a server whose sending direction starts at `first_send`,
+    /// handshake done. The client does not insist on strict order, so that it can
+    /// open records numbered from `first_send.0`.
+    fn established(
+        first_send: (u64, u32),
+        limits: ConnectionLimits,
+    ) -> (Connection, Connection, Instant) {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let server_identity = Identity::from_seed(&[1; 32]);
+        let client_identity = Identity::from_seed(&[2; 32]);
+        let mut server_config = ServerConfig::new(server_identity.clone(), ENDPOINT, &mut rng)
+            .allow_clients([client_identity.public_key()])
+            .with_limits(limits.clone());
+        server_config
+            .dangerous()
+            .start_send_sequence_for_testing(first_send.0)
+            .start_send_epoch_for_testing(first_send.1);
+        let mut client_limits = limits;
+        client_limits.strict_order = false;
+        let client_config = ClientConfig::new(
+            client_identity,
+            vec![server_identity.public_key()],
+            ENDPOINT,
+            &mut rng,
+        )
+        .with_limits(client_limits);
+        let now = Instant::now();
+        let mut client = Connection::client(Arc::new(client_config), now, &mut rng);
+        let mut server = Connection::server(Arc::new(server_config), now, 1_700_000_000, &mut rng);
+        for _ in 0..2 {
+            while let Some(record) = client.poll_transmit() {
+                server.handle_record(now, &record).expect("server accepts");
+            }
+            while let Some(record) = server.poll_transmit() {
+                client.handle_record(now, &record).expect("client accepts");
+            }
+        }
+        assert!(server.is_established() && client.is_established());
+        (client, server, now)
+    }
+
+    fn header(record: &[u8]) -> RecordHeader {
+        RecordHeader::parse(record).expect("a sealed record").0
+    }
+
+    fn ping(nonce: u64) -> Message {
+        Message::Ping(Ping { nonce })
+    }
+
+    #[test]
+    fn the_server_starts_sending_at_the_configured_sequence_and_closes_at_the_last() {
+        let first = LAST_SEQUENCE - 3;
+        let (mut client, mut server, now) = established((first, 0), ConnectionLimits::default());
+        for nonce in 0..3 {
+            server.send(now, ping(nonce)).expect("room left");
+            let record = server.poll_transmit().expect("one record");
+            assert_eq!(header(&record).seq, first + nonce);
+            client.handle_record(now, &record).expect("client opens it");
+        }
+        // REC-013: the next sequence number is the last; the message is refused and
+        // the CLOSE takes it.
+        let refused = server.send(now, ping(3));
+        assert_eq!(
+            refused,
+            Err(Error::LimitExceeded(crate::error::Limit::SequenceSpace))
+        );
+        assert_eq!(
+            server.close_code(),
+            Some((CloseCode::SEQUENCE_EXHAUSTED, Side::Local))
+        );
+        let close = server.poll_transmit().expect("the CLOSE record");
+        assert_eq!(header(&close).seq, LAST_SEQUENCE);
+        assert!(server.poll_transmit().is_none(), "nothing after the CLOSE");
+        client
+            .handle_record(now, &close)
+            .expect("client opens the CLOSE");
+        assert_eq!(
+            client.close_code(),
+            Some((CloseCode::SEQUENCE_EXHAUSTED, Side::Remote))
+        );
+    }
+
+    #[test]
+    fn a_start_beyond_the_sequence_space_is_capped_at_the_reserved_number() {
+        let (_, mut server, now) = established((u64::MAX, 0), ConnectionLimits::default());
+        assert!(server.send(now, ping(0)).is_err());
+        let close = server.poll_transmit().expect("the CLOSE record");
+        assert_eq!(header(&close).seq, LAST_SEQUENCE);
+    }
+
+    #[test]
+    fn the_server_starts_in_the_configured_epoch_and_closes_instead_of_rekeying_past_the_last() {
+        let limits = ConnectionLimits {
+            rekey_after_records: 2,
+            ..ConnectionLimits::default()
+        };
+        let (_, mut server, now) = established((0, u32::MAX), limits);
+        for nonce in 0..2 {
+            server
+                .send(now, ping(nonce))
+                .expect("within the epoch's records");
+            let record = server.poll_transmit().expect("one record");
+            assert_eq!(
+                (header(&record).epoch, header(&record).seq),
+                (u32::MAX, nonce)
+            );
+        }
+        // KEY-006: no KEY_UPDATE can follow epoch 2^32 − 1.
+        assert!(server.send(now, ping(2)).is_err());
+        assert_eq!(
+            server.close_code(),
+            Some((CloseCode::SEQUENCE_EXHAUSTED, Side::Local))
+        );
+        let close = server.poll_transmit().expect("the CLOSE record");
+        assert_eq!((header(&close).epoch, header(&close).seq), (u32::MAX, 2));
+        assert!(server.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn a_time_based_rekey_in_the_last_epoch_closes_too() {
+        let mut limits = ConnectionLimits::default();
+        limits.idle_timeout = limits.rekey_after * 2;
+        let (_, mut server, now) = established((0, u32::MAX), limits.clone());
+        let later = now + limits.rekey_after;
+        assert!(server.handle_timeout(later).is_err());
+        assert_eq!(
+            server.close_code(),
+            Some((CloseCode::SEQUENCE_EXHAUSTED, Side::Local))
+        );
+    }
+
+    #[test]
+    fn an_ordinary_epoch_start_still_rekeys_to_the_next() {
+        let limits = ConnectionLimits {
+            rekey_after_records: 1,
+            ..ConnectionLimits::default()
+        };
+        let (_, mut server, now) = established((10, 41), limits);
+        server.send(now, ping(0)).expect("sends");
+        server.send(now, ping(1)).expect("sends after a rekey");
+        let records: Vec<RecordHeader> = std::iter::from_fn(|| server.poll_transmit())
+            .map(|r| header(&r))
+            .collect();
+        let labels: Vec<(u32, u64)> = records.iter().map(|h| (h.epoch, h.seq)).collect();
+        assert_eq!(labels, [(41, 10), (41, 11), (42, 12)]);
+    }
+
+    #[test]
+    fn by_default_a_server_starts_at_zero() {
+        let (_, server, _) = established((0, 0), ConnectionLimits::default());
+        let transport = server.transport().expect("established");
+        assert_eq!((transport.next_send_seq(), transport.send_epoch()), (0, 0));
     }
 }

@@ -216,6 +216,15 @@ impl Sender {
         Ok(())
     }
 
+    /// Starts a fresh direction at sequence number `seq` (at most the reserved last
+    /// one) and epoch `epoch`, the key unchanged: the conformance-testing start of
+    /// [`DangerousServerConfig`](crate::config::DangerousServerConfig). Nonces stay
+    /// unique: the numbers still only grow from there.
+    pub(crate) fn start_at(&mut self, seq: u64, epoch: u32) {
+        self.next_seq = seq.min(LAST_SEQUENCE);
+        self.epoch = epoch;
+    }
+
     #[cfg(feature = "__testing")]
     pub(crate) fn set_next_seq(&mut self, seq: u64) {
         self.next_seq = seq;

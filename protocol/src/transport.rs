@@ -87,6 +87,13 @@ impl Transport {
         self.sender.is_exhausted()
     }
 
+    /// Starts the sending direction at sequence number `seq` and epoch `epoch`
+    /// instead of 0 and 0 (before anything is sealed): the conformance-testing
+    /// start of [`DangerousServerConfig`](crate::config::DangerousServerConfig).
+    pub(crate) fn start_send_at(&mut self, seq: u64, epoch: u32) {
+        self.sender.start_at(seq, epoch);
+    }
+
     /// Seals one message into a record.
     ///
     /// # Errors

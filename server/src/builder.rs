@@ -192,6 +192,7 @@ impl Server {
             certificate: None,
             alert_sink: None,
             alert_thresholds: crate::alerts::AlertThresholds::default(),
+            first_send: (0, 0),
             #[cfg(feature = "__fault_injection")]
             faults: Vec::new(),
         }
@@ -304,6 +305,9 @@ pub struct ServerBuilder {
     certificate: Option<String>,
     alert_sink: Option<AlertSinkHandle>,
     alert_thresholds: crate::alerts::AlertThresholds,
+    /// Where every session's sending direction starts (sequence number, epoch):
+    /// see [`DangerousServerBuilder::start_send_sequence_for_testing`].
+    first_send: (u64, u32),
     #[cfg(feature = "__fault_injection")]
     faults: Vec<crate::fault::Fault>,
 }
@@ -530,6 +534,12 @@ impl ServerBuilder {
         if let Some(token) = self.certificate {
             protocol = protocol.with_certificate(token)?;
         }
+        if self.first_send != (0, 0) {
+            protocol
+                .dangerous()
+                .start_send_sequence_for_testing(self.first_send.0)
+                .start_send_epoch_for_testing(self.first_send.1);
+        }
         let mut authz_limits = AuthzLimits::default();
         authz_limits.max_in_flight = self.limits.max_in_flight;
         authz_limits.max_clock_skew_secs = self.limits.max_clock_skew_secs;
@@ -578,6 +588,33 @@ impl DangerousServerBuilder {
     /// asked and who answered.
     pub fn disable_envelope_signatures(mut self) -> Self {
         self.builder.require_signatures = false;
+        self
+    }
+
+    /// CONFORMANCE TESTING ONLY: every session's server→client direction starts at
+    /// sequence number `seq` (capped at `2^62 − 1`) instead of 0.
+    ///
+    /// It exists so that the conformance suite can check the end of the sequence
+    /// space (REC-011..REC-013: the server closes with SEQUENCE_EXHAUSTED (4005),
+    /// sealing the CLOSE with the last number) in a few records instead of `2^62`;
+    /// the suite is told the same value (spec LIM-017). Nonces stay unique, but the
+    /// server no longer numbers from 0 (REC-010): every conforming client closes the
+    /// session on the first record. Never set it on a server real clients use.
+    pub fn start_send_sequence_for_testing(mut self, seq: u64) -> Self {
+        self.builder.first_send.0 = seq;
+        self
+    }
+
+    /// CONFORMANCE TESTING ONLY: every session's server→client direction starts in
+    /// epoch `epoch` instead of 0 (under the handshake's key).
+    ///
+    /// It exists so that the conformance suite can check that a server in the last
+    /// epoch, `2^32 − 1`, closes with SEQUENCE_EXHAUSTED (4005) instead of rekeying
+    /// (KEY-006) without `2^32` rekeys; the suite is told the same value (spec
+    /// LIM-017). Every conforming client closes the session on the first record
+    /// (wrong epoch). Never set it on a server real clients use.
+    pub fn start_send_epoch_for_testing(mut self, epoch: u32) -> Self {
+        self.builder.first_send.1 = epoch;
         self
     }
 
