@@ -103,6 +103,17 @@ pub struct ServerOptions {
     pub default_limits: bool,
     /// Run only the cases whose id starts with one of these prefixes (all when empty).
     pub only: Vec<String>,
+    /// A granted call whose result is too large for one record (over 65,520 bytes
+    /// by default): the big-result case (REC-014, REC-034) SKIPs without it.
+    pub big_result_call: Option<ToolCall>,
+    /// A call of a granted tool that the server's policy (its `Authorizer`) denies
+    /// for these arguments, while allowing the tool with the arguments of
+    /// [`call`](Self::call) (or `{}`): the policy-denial case (AUTHZ-016) SKIPs
+    /// without it.
+    pub denied_call: Option<ToolCall>,
+    /// The server runs with an audit log it cannot write (for example on
+    /// `/dev/full`): the INTERNAL_ERROR case (CLS-009) SKIPs otherwise. Default false.
+    pub audit_failing: bool,
 }
 
 impl Default for ServerOptions {
@@ -125,6 +136,9 @@ impl Default for ServerOptions {
             floods: true,
             default_limits: true,
             only: Vec::new(),
+            big_result_call: None,
+            denied_call: None,
+            audit_failing: false,
         }
     }
 }

@@ -924,9 +924,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 let Some(running) = self.running.remove(&id) else {
                     return;
                 };
-                self.events
-                    .call_ended(id, result.as_ref().err().map(|error| error.code));
-                let cached = cached_outcome(&result);
+                let cached = self.fitting_outcome(id, cached_outcome(&result));
+                let code = match (&result, &cached) {
+                    (Ok(_), CachedOutcome::Error { code, .. }) => Some(*code),
+                    _ => result.as_ref().err().map(|error| error.code),
+                };
+                self.events.call_ended(id, code);
                 if !(&self.inner.at_most_once).complete(&lineage, id, cached.clone()) {
                     self.audit_write(running.audit, |entry| {
                         entry.ended("not sent (outcome already decided)")
@@ -1105,6 +1108,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Signs and sends a RESPONSE; returns its evidence for the audit log when the
     /// server keeps one and the RESPONSE was sent.
+    /// The outcome a finished call keeps and is answered with: its result, unless the
+    /// RESPONSE carrying it would not fit in one record (REC-014, REC-034); then the
+    /// ERROR INTERNAL (13) `result too large for one record`, which the at-most-once
+    /// table caches and the audit log records like any other error outcome, so that
+    /// the caller is answered at once and a retried copy gets the same answer.
+    fn fitting_outcome(&self, id: u64, outcome: CachedOutcome) -> CachedOutcome {
+        let CachedOutcome::Response(result) = &outcome else {
+            return outcome;
+        };
+        // The largest RESPONSE of this result: with a signature when signing is on.
+        let probe = Message::Response(Response {
+            id,
+            result: result.clone().into(),
+            signature: self.inner.require_signatures.then(|| vec![0u8; 64].into()),
+        });
+        let limit = self
+            .inner
+            .protocol
+            .limits()
+            .max_record_body
+            .saturating_sub(16);
+        let size = probe.encode().len();
+        if size <= limit {
+            return outcome;
+        }
+        tracing::warn!(
+            peer = %self.peer,
+            request_id = id,
+            size,
+            limit,
+            "toolwire tool result does not fit in one record: answered INTERNAL"
+        );
+        CachedOutcome::Error {
+            code: ErrorCode::INTERNAL,
+            message: RESULT_TOO_LARGE.to_owned(),
+        }
+    }
+
     fn send_response(
         &mut self,
         id: u64,
@@ -1269,6 +1310,9 @@ async fn finish_detached(
 }
 
 /// What the at-most-once table keeps of a handler's result.
+/// The ERROR message of a result that does not fit in one record (REC-034).
+const RESULT_TOO_LARGE: &str = "result too large for one record";
+
 fn cached_outcome(result: &ToolResult) -> CachedOutcome {
     match result {
         Ok(value) => CachedOutcome::Response(rmp_serde::to_vec_named(value).unwrap_or_default()),

@@ -139,7 +139,10 @@ pub async fn start_as(
     ));
     let _ = std::fs::remove_file(&audit_log);
     let mut builder: ServerBuilder = Server::builder(identity.clone(), url.clone())
-        .allow_client_tools(client.public_key(), ["echo", "counter", "slow", "stream", "big", "bulk"])
+        .allow_client_tools(
+            client.public_key(),
+            ["echo", "counter", "slow", "stream", "big", "bulk"],
+        )
         .allow_client_tools(other.public_key(), ["echo", "counter"])
         .trust_grant_issuer(issuer.public_key())
         .allow_origin("https://app.conformance.invalid")
@@ -197,6 +200,10 @@ pub fn options() -> ServerOptions {
     });
     options.slow_call = Some(ToolCall {
         tool: "slow".to_owned(),
+        args: serde_json::json!({}),
+    });
+    options.big_result_call = Some(ToolCall {
+        tool: "big".to_owned(),
         args: serde_json::json!({}),
     });
     options.step = Duration::from_secs(5);
