@@ -20,9 +20,11 @@ use crate::report::{CaseReport, Report};
 use crate::spec::Spec;
 use crate::{Case, CaseResult, Verdict};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use toolwire_protocol::amo::AmoConfig;
 use toolwire_protocol::{Identity, IdentityKey};
 
 /// A tool call the suite may make: a tool the client identity is granted, and
@@ -43,6 +45,67 @@ pub struct Revoker(pub Arc<dyn Fn(&str) + Send + Sync>);
 impl std::fmt::Debug for Revoker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Revoker")
+    }
+}
+
+/// The future of an operator action ([`Restarter`]).
+pub type OperatorFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Operator actions that stop and start the server under test, for the cases of the
+/// durable at-most-once store (AMO-036..AMO-039) and of the audit log's recovery
+/// (AUD-008). For an in-process server: abort its tasks and build it again; for a
+/// process: `kill -9` it and run it again.
+#[derive(Clone)]
+pub struct Restarter {
+    crash: Arc<dyn Fn() -> OperatorFuture<()> + Send + Sync>,
+    start: Arc<dyn Fn() -> OperatorFuture<Result<(), String>> + Send + Sync>,
+}
+
+impl Restarter {
+    /// `crash` stops the server abruptly, as a crash would (no shutdown: calls in
+    /// flight vanish, nothing is written but what the server already wrote), and
+    /// resolves once it is stopped; `start` starts it again on the same address,
+    /// with the same identity, durable store and audit log, and resolves once it
+    /// accepts connections, or with `Err(why)` when the server refused to start.
+    pub fn new<C, CF, S, SF>(crash: C, start: S) -> Self
+    where
+        C: Fn() -> CF + Send + Sync + 'static,
+        CF: Future<Output = ()> + Send + 'static,
+        S: Fn() -> SF + Send + Sync + 'static,
+        SF: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            crash: Arc::new(move || Box::pin(crash()) as OperatorFuture<()>),
+            start: Arc::new(move || Box::pin(start()) as OperatorFuture<Result<(), String>>),
+        }
+    }
+
+    /// Stops the server abruptly.
+    pub async fn crash(&self) {
+        (self.crash)().await;
+    }
+
+    /// Starts the stopped server; `Err(why)` when it refused to start.
+    ///
+    /// # Errors
+    /// The reason the server gave for not starting.
+    pub async fn start(&self) -> Result<(), String> {
+        (self.start)().await
+    }
+
+    /// [`crash`](Self::crash), then [`start`](Self::start).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn restart(&self) -> Result<(), String> {
+        self.crash().await;
+        self.start().await
+    }
+}
+
+impl std::fmt::Debug for Restarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Restarter")
     }
 }
 
@@ -103,6 +166,26 @@ pub struct ServerOptions {
     pub default_limits: bool,
     /// Run only the cases whose id starts with one of these prefixes (all when empty).
     pub only: Vec<String>,
+    /// The server's at-most-once bounds (section 14.4), declared by the operator
+    /// when they are small enough to reach in a run (the defaults, 64 MiB and 1024
+    /// lineages, are not): the bound cases (AMO-030, AMO-033, AMO-034) SKIP without
+    /// them.
+    pub at_most_once: Option<AmoConfig>,
+    /// A granted tool that returns its arguments (an object) unchanged: the
+    /// outcome-bytes case (AMO-030) calls it with `{"pad": "<n bytes>"}` to make
+    /// outcomes of a chosen size, and SKIPs without it.
+    pub echo_tool: Option<String>,
+    /// Stops and starts the server: the durable-store and audit-recovery cases SKIP
+    /// without it.
+    pub restart: Option<Restarter>,
+    /// The file of the server's durable at-most-once store (AMO-035). The
+    /// damaged-store case (AMO-039) overwrites it while the server is stopped (after
+    /// copying it aside, and puts the copy back), and SKIPs without it.
+    pub durable_store: Option<PathBuf>,
+    /// The server's audit log, read by the audit-recovery case (AUD-008), which also
+    /// appends an incomplete line to it while the server is stopped; it SKIPs
+    /// without it.
+    pub audit_log: Option<PathBuf>,
     /// A granted call whose result is too large for one record (over 65,520 bytes
     /// by default): the big-result case (REC-014, REC-034) SKIPs without it.
     pub big_result_call: Option<ToolCall>,
@@ -136,6 +219,11 @@ impl Default for ServerOptions {
             floods: true,
             default_limits: true,
             only: Vec::new(),
+            at_most_once: None,
+            echo_tool: None,
+            restart: None,
+            durable_store: None,
+            audit_log: None,
             big_result_call: None,
             denied_call: None,
             audit_failing: false,

@@ -139,9 +139,9 @@ struct State {
 pub(crate) struct SharedAtMostOnce(Mutex<State>);
 
 impl SharedAtMostOnce {
-    /// The in-memory table with the default bounds.
-    pub(crate) fn new() -> Self {
-        Self::with_state(AtMostOnceTable::new(AmoConfig::default()), None)
+    /// The in-memory table with these bounds.
+    pub(crate) fn new(config: AmoConfig) -> Self {
+        Self::with_state(AtMostOnceTable::new(config), None)
     }
 
     /// The table kept in the durable store at `path` (created when missing), restored
@@ -879,7 +879,7 @@ mod detach_tests {
     /// client, and the cap frees up as they end.
     #[test]
     fn detached_calls_are_capped_per_client() {
-        let shared = SharedAtMostOnce::new();
+        let shared = SharedAtMostOnce::new(AmoConfig::default());
         let alice = Identity::from_seed(&[1; 32]).public_key();
         let bob = Identity::from_seed(&[2; 32]).public_key();
         assert!(shared.try_detach(alice, 3, 4));

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
+use toolwire_protocol::amo::AmoConfig;
 use toolwire_protocol::authz::{Authorizer, AuthzLimits};
 use toolwire_protocol::upgrade::{InvalidOrigin, UpgradePolicy};
 use toolwire_protocol::{ConnectionLimits, Identity, IdentityKey, ServerConfig};
@@ -56,6 +57,13 @@ pub struct Limits {
     /// (with tungstenite's default of 128 KiB, 10,000 idle connections would hold
     /// 1.3 GB). Values below 256 are raised to 256.
     pub socket_read_buffer: usize,
+    /// Bounds of the at-most-once table (spec section 14.4, LIM-015), in memory or
+    /// in the durable store ([`ServerBuilder::at_most_once_store`]). Default
+    /// [`AmoConfig::default`]: 65536 bytes per cached outcome, 256 outcomes per
+    /// lineage, 64 MiB of outcomes in total, 1024 lineages, 16 per client identity.
+    /// Bounds the memory (and store size) that clients' cached results and lineages
+    /// take, and how much of it one client can occupy.
+    pub at_most_once: AmoConfig,
 }
 
 impl Default for Limits {
@@ -74,6 +82,7 @@ impl Default for Limits {
             max_clock_skew_secs: 30,
             write_stall_timeout: Duration::from_secs(10),
             socket_read_buffer: 2 * 1024,
+            at_most_once: AmoConfig::default(),
         }
     }
 }
@@ -470,10 +479,10 @@ impl ServerBuilder {
     }
 
     /// Keeps the at-most-once table (spec section 14: lineages, recorded request ids,
-    /// cached outcomes, within the same bounds) in an embedded database at `path`, so
-    /// that it survives restarts (AMO-035): a call that completed before a restart is
-    /// answered with its original result, and one that was running is answered
-    /// RESULT_UNAVAILABLE, never executed twice. An id is durably recorded before its
+    /// cached outcomes, within the same bounds, [`Limits::at_most_once`]) in an
+    /// embedded database at `path`, so that it survives restarts (AMO-035): a call
+    /// that completed before a restart is answered with its original result, and
+    /// one that was running is answered RESULT_UNAVAILABLE, never executed twice. An id is durably recorded before its
     /// handler runs and an outcome durably stored before it is sent (fsync on every
     /// commit); while the database cannot be written, calls are refused UNAVAILABLE.
     /// The file is created when missing; [`build`](Self::build) fails with
@@ -508,11 +517,10 @@ impl ServerBuilder {
         }
         let catalog = Catalog::new(self.tools, &self.identity)?;
         let at_most_once = match &self.amo_store {
-            Some(path) => crate::amo::SharedAtMostOnce::durable(
-                path,
-                toolwire_protocol::amo::AmoConfig::default(),
-            )?,
-            None => crate::amo::SharedAtMostOnce::new(),
+            Some(path) => {
+                crate::amo::SharedAtMostOnce::durable(path, self.limits.at_most_once.clone())?
+            }
+            None => crate::amo::SharedAtMostOnce::new(self.limits.at_most_once.clone()),
         };
         let audit = match &self.audit {
             Some((path, options)) => {

@@ -275,14 +275,14 @@ fn name(code: u16) -> String {
     }
 }
 
-fn rpc_name(code: u32) -> String {
+pub(super) fn rpc_name(code: u32) -> String {
     match ErrorCode(code).name() {
         Some(name) => format!("{name} ({code})"),
         None => code.to_string(),
     }
 }
 
-fn precondition(what: impl std::fmt::Display) -> CaseResult {
+pub(super) fn precondition(what: impl std::fmt::Display) -> CaseResult {
     CaseResult::harness_error(format!("precondition failed: {what}"))
 }
 
@@ -337,7 +337,7 @@ fn expect_sealed_close(ending: &Ending, code: u16, session: &Session) -> CaseRes
     .with_detail(session.violations.join("; "))
 }
 
-async fn established(target: &ServerTarget) -> Result<(Session, CapGrant), CaseResult> {
+pub(super) async fn established(target: &ServerTarget) -> Result<(Session, CapGrant), CaseResult> {
     established_as(target, target.identity.clone()).await
 }
 
@@ -446,12 +446,12 @@ fn hello_record(
     handshake.record3(&payload)
 }
 
-fn encode_args(args: &serde_json::Value) -> Vec<u8> {
+pub(super) fn encode_args(args: &serde_json::Value) -> Vec<u8> {
     rmp_serde::to_vec_named(args).unwrap_or_default()
 }
 
 /// The call the suite makes: the configured one, or the first granted tool with `{}`.
-fn call_of(target: &ServerTarget, grant: &CapGrant) -> Option<(ToolCall, bool)> {
+pub(super) fn call_of(target: &ServerTarget, grant: &CapGrant) -> Option<(ToolCall, bool)> {
     if let Some(call) = &target.options.call {
         return Some((call.clone(), true));
     }
@@ -467,7 +467,7 @@ fn call_of(target: &ServerTarget, grant: &CapGrant) -> Option<(ToolCall, bool)> 
 }
 
 /// Sends `request` and returns the answer to its id (skipping stream items).
-async fn answer(session: &mut Session, request: &Request) -> Result<Message, Ending> {
+pub(super) async fn answer(session: &mut Session, request: &Request) -> Result<Message, Ending> {
     session.send(&Message::Request(request.clone())).await;
     loop {
         match session.next().await? {
@@ -483,7 +483,7 @@ async fn answer(session: &mut Session, request: &Request) -> Result<Message, End
     }
 }
 
-fn describe(answer: &Result<Message, Ending>) -> String {
+pub(super) fn describe(answer: &Result<Message, Ending>) -> String {
     match answer {
         Ok(Message::Response(response)) => {
             format!("RESPONSE ({} result bytes)", response.result.len())
@@ -1329,7 +1329,7 @@ async fn missing_signature(target: Arc<ServerTarget>) -> CaseResult {
 }
 
 /// A first call that must execute; `Err` is the case's result when it does not.
-async fn first_call(
+pub(super) async fn first_call(
     target: &ServerTarget,
     session: &mut Session,
     grant: &CapGrant,
@@ -1814,7 +1814,7 @@ async fn key_authority(target: Arc<ServerTarget>) -> CaseResult {
 // More cases: at-most-once
 // =====================================================================================
 
-async fn established_resuming(
+pub(super) async fn established_resuming(
     target: &ServerTarget,
     identity: Identity,
     lineage: Option<Vec<u8>>,
@@ -2777,7 +2777,10 @@ async fn cache_per_lineage(target: Arc<ServerTarget>) -> CaseResult {
 
 /// [`answer`], sending the REQUEST again after `retry_after_ms` while the server
 /// refuses it with RESOURCE_EXHAUSTED (a refused id is not recorded, AMO-018).
-async fn answer_paced(session: &mut Session, request: &Request) -> Result<Message, Ending> {
+pub(super) async fn answer_paced(
+    session: &mut Session,
+    request: &Request,
+) -> Result<Message, Ending> {
     for _ in 0..50 {
         match answer(session, request).await {
             Ok(Message::Error(error)) if error.code == ErrorCode::RESOURCE_EXHAUSTED.0 => {

@@ -1,8 +1,8 @@
 //! A reference server on loopback for the suite's own tests: `echo` (returns its
 //! arguments), `counter` (returns how often it ran: a re-execution changes the
-//! result), `slow` (two seconds), `stream` (three items), `big` (a result larger
-//! than a record), `bulk` (streams up to 128 MiB) and `admin` (offered, but not
-//! granted to the suite's identity).
+//! result), `slow` (two seconds; returns how often it started), `stream` (three
+//! items), `big` (a result larger than a record), `bulk` (streams up to 128 MiB)
+//! and `admin` (offered, but not granted to the suite's identity).
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,6 +41,7 @@ impl Drop for RunningServer {
 
 fn tools() -> Vec<Tool> {
     let runs = Arc::new(AtomicU64::new(0));
+    let slow_runs = Arc::new(AtomicU64::new(0));
     vec![
         Tool::new(
             "echo",
@@ -59,11 +60,14 @@ fn tools() -> Vec<Tool> {
         ),
         Tool::new(
             "slow",
-            "Takes two seconds.",
+            "Takes two seconds; returns how many times it has started (AMO-011: a second run shows).",
             serde_json::json!({"type": "object"}),
-            |_, _| async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                Ok(serde_json::json!("slow"))
+            move |_, _| {
+                let run = slow_runs.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    Ok(serde_json::json!({ "slow": run }))
+                }
             },
         ),
         Tool::new(
