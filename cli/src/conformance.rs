@@ -57,7 +57,8 @@ pub(crate) struct ClientArgs {
     /// Cases known to fail, one id a line (optionally followed by a reason).
     #[arg(long, value_name = "FILE")]
     expected_failures: Option<PathBuf>,
-    /// Skip the slow cases (the handshake stall waits up to 7 s).
+    /// Skip the slow cases (the handshake stall waits up to 7 s, the keepalive case
+    /// about 30 s).
     #[arg(long)]
     no_slow: bool,
     /// Run only the cases whose id starts with this prefix (repeatable).
@@ -89,6 +90,12 @@ pub(crate) struct ShimArgs {
     /// How many calls to make in a row.
     #[arg(long, value_name = "N", default_value_t = 1)]
     calls: u32,
+    /// Trust this operator key (server certificates) instead of pinning --server-key.
+    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    trust_operator: Option<IdentityKey>,
+    /// After the calls, keep the session open and idle this long (ms).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    hold_ms: u64,
 }
 
 /// Arguments of `toolwire conformance trace`.
@@ -226,6 +233,9 @@ async fn run_shim(args: ShimArgs) -> CliResult<bool> {
         args: hex::decode(&args.args_hex)
             .map_err(|error| CliError::new(format!("--args-hex: {error}")))?,
         calls: args.calls,
+        server_key_text: None,
+        trust_operator: args.trust_operator,
+        hold_ms: args.hold_ms,
     };
     let report = toolwire_conformance::shim::run_reference(&invocation).await;
     outln!("{}", report.to_line());
@@ -240,6 +250,7 @@ async fn run_client(args: ClientArgs) -> CliResult<bool> {
     let mut options = ClientOptions::default();
     if args.no_slow {
         options.handshake_stall = None;
+        options.keepalive = None;
     }
     options.only = args.only;
     let expected = read_expected(args.expected_failures.as_ref())?;

@@ -130,6 +130,15 @@ impl CallError {
         }
     }
 
+    /// Whether retrying the same call later can succeed without any change by the
+    /// caller (ERR-003): true exactly for the codes RESOURCE_EXHAUSTED, UNAVAILABLE
+    /// and DEADLINE_EXCEEDED (an ERROR answer with one of them, or the call's own
+    /// deadline passing). Every other error, including an RPC code this client does
+    /// not know (ERR-002), is not retryable.
+    pub fn is_retryable(&self) -> bool {
+        self.code().is_some_and(ErrorCode::is_retryable)
+    }
+
     /// Whether the call may have run although no result reached the caller: the
     /// server said so (RESULT_UNAVAILABLE, STALE_REQUEST_ID) or the connection was
     /// lost after the call was sent. The session never repeats such a call under a

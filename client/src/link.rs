@@ -88,6 +88,8 @@ pub(crate) struct Ready {
     pub(crate) server_key: IdentityKey,
     /// The tools of the verified signed manifest.
     pub(crate) tools: Vec<ToolDescriptor>,
+    /// SHA-256 of that manifest's bytes exactly as signed (MAN-008).
+    pub(crate) manifest_hash: [u8; 32],
     /// Granted tool → the digest it was granted under.
     pub(crate) granted: HashMap<String, Vec<u8>>,
     /// When the connection must be replaced: the smaller of the client's own session
@@ -105,6 +107,8 @@ pub(crate) enum LinkEvent {
     /// verified manifest.
     Update {
         tools: Option<Vec<ToolDescriptor>>,
+        /// The hash of the new manifest, with `tools` (MAN-008).
+        manifest_hash: Option<[u8; 32]>,
         granted: HashMap<String, Vec<u8>>,
     },
     /// The final answer of a call in flight on this link.
@@ -537,7 +541,9 @@ impl Driver {
     fn handle_message(&mut self, message: Message) {
         match message {
             Message::CapGrant(grant) if !self.ready => {
-                let Some((session, manifest)) = self.verified_manifest(&grant.manifest) else {
+                let Some((session, manifest, manifest_hash)) =
+                    self.verified_manifest(&grant.manifest)
+                else {
                     self.failed = Some(ConnectError::BadManifest);
                     self.connection.close(CloseCode::PROTOCOL_VIOLATION, "");
                     return;
@@ -546,6 +552,7 @@ impl Driver {
                     session_id: session.session_id,
                     server_key: session.server_key,
                     tools: manifest.tools,
+                    manifest_hash,
                     granted: granted_digests(grant.granted),
                     lifetime: session.lifetime,
                 };
@@ -554,20 +561,25 @@ impl Driver {
             }
             Message::CapGrant(_) => {}
             Message::CapUpdate(update) => {
-                let tools = match &update.manifest {
+                let (tools, manifest_hash) = match &update.manifest {
                     Some(signed) => match self.verified_manifest(signed) {
-                        Some((_, manifest)) => Some(manifest.tools),
+                        Some((_, manifest, hash)) => (Some(manifest.tools), Some(hash)),
                         None => {
                             self.connection.close(CloseCode::PROTOCOL_VIOLATION, "");
                             return;
                         }
                     },
-                    None => None,
+                    None => (None, None),
                 };
                 let granted = granted_digests(update.granted);
-                let _ = self
-                    .events
-                    .send((self.link, LinkEvent::Update { tools, granted }));
+                let _ = self.events.send((
+                    self.link,
+                    LinkEvent::Update {
+                        tools,
+                        manifest_hash,
+                        granted,
+                    },
+                ));
             }
             Message::Response(response) => {
                 let Some(request_hash) = self.request_hashes.remove(&response.id) else {
@@ -644,10 +656,15 @@ impl Driver {
         .is_ok()
     }
 
-    fn verified_manifest(&self, signed: &SignedManifest) -> Option<(&SessionState, Manifest)> {
+    /// The verified manifest and its hash: SHA-256 of the bytes as received and
+    /// signed, never of a re-encoding (MAN-008).
+    fn verified_manifest(
+        &self,
+        signed: &SignedManifest,
+    ) -> Option<(&SessionState, Manifest, [u8; 32])> {
         let session = self.session.as_ref()?;
         let manifest = Manifest::verify(signed, &session.server_key).ok()?;
-        Some((session, manifest))
+        Some((session, manifest, Manifest::hash(signed)))
     }
 }
 

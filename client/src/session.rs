@@ -122,6 +122,8 @@ struct Shared {
     granted: HashMap<String, Vec<u8>>,
     /// Tools whose definition changed since the pinned manifest.
     changed: HashSet<String>,
+    /// SHA-256 of the bytes of the manifest last received on the active connection.
+    manifest_hash: Option<[u8; 32]>,
     /// The close code of the last connection while no connection is open or opening.
     closed: Option<CloseCode>,
 }
@@ -203,6 +205,14 @@ impl Session {
     /// The tools of the signed manifest received at connect time.
     pub fn tools(&self) -> Vec<ToolDescriptor> {
         lock(&self.shared).pinned_tools.clone()
+    }
+
+    /// The manifest hash (MAN-008) of the server's signed manifest last received on
+    /// the current connection (in CAP_GRANT, or a later CAP_UPDATE): SHA-256 of the
+    /// `manifest` bytes exactly as the server signed and sent them, never of a
+    /// re-encoding. `None` before the first CAP_GRANT.
+    pub fn manifest_hash(&self) -> Option<[u8; 32]> {
+        lock(&self.shared).manifest_hash
     }
 
     /// Names of the tools currently granted to this session.
@@ -681,11 +691,18 @@ impl Supervisor {
         match event {
             LinkEvent::Ready(ready) => self.on_ready(link, ready),
             LinkEvent::Failed(error) => self.on_failed(link, error),
-            LinkEvent::Update { tools, granted } => {
+            LinkEvent::Update {
+                tools,
+                manifest_hash,
+                granted,
+            } => {
                 if self.active == Some(link) {
                     let mut shared = lock(&self.shared);
                     if let Some(tools) = tools {
                         shared.compare_manifest(&tools);
+                    }
+                    if manifest_hash.is_some() {
+                        shared.manifest_hash = manifest_hash;
                     }
                     shared.granted = granted;
                 }
@@ -790,6 +807,7 @@ impl Supervisor {
             }
             shared.granted = ready.granted;
             shared.compare_manifest(&ready.tools);
+            shared.manifest_hash = Some(ready.manifest_hash);
             shared.closed = None;
         }
         if let Some(previous) = self.active.replace(link) {

@@ -80,8 +80,13 @@ pub struct ClientOptions {
     /// How long the handshake-stall case waits for the client's TIMEOUT (4009);
     /// `None` SKIPs it (default 7 s: the deadline is 5 s, HS-033).
     pub handshake_stall: Option<Duration>,
-    /// How long one shim run may take before it is killed (default 30 s).
+    /// How long one shim run may take before it is killed (default 30 s), plus its
+    /// `--hold-ms`.
     pub shim_timeout: Duration,
+    /// The keepalive interval the keepalive case expects by default (LIM-007): it
+    /// waits that long, plus a tolerance, for the client's PING; `None` SKIPs it
+    /// (default 30 s).
+    pub keepalive: Option<Duration>,
     /// Run only the cases whose id starts with one of these prefixes (all when empty).
     pub only: Vec<String>,
 }
@@ -93,6 +98,7 @@ impl Default for ClientOptions {
             quiet: Duration::from_millis(300),
             handshake_stall: Some(Duration::from_secs(7)),
             shim_timeout: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(30)),
             only: Vec::new(),
         }
     }
@@ -184,6 +190,9 @@ impl ClientRun {
             tool: TOOL.to_owned(),
             args: call_args(),
             calls,
+            server_key_text: None,
+            trust_operator: None,
+            hold_ms: 0,
         }
     }
 
@@ -194,8 +203,17 @@ impl ClientRun {
 
     /// Starts the client with `invocation`.
     pub fn start_with(&self, invocation: ShimInvocation) -> tokio::task::JoinHandle<ShimOutcome> {
+        let timeout = self.options.shim_timeout + Duration::from_millis(invocation.hold_ms);
+        self.start_within(invocation, timeout)
+    }
+
+    /// Starts the client with `invocation`, killing it after `timeout`.
+    pub fn start_within(
+        &self,
+        invocation: ShimInvocation,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<ShimOutcome> {
         let under_test = self.under_test.clone();
-        let timeout = self.options.shim_timeout;
         tokio::spawn(async move { run_shim(under_test, invocation, timeout).await })
     }
 }
@@ -298,8 +316,12 @@ pub async fn run_cases(
         std::process::id(),
         RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let bound =
-        options.shim_timeout + options.step * 4 + options.handshake_stall.unwrap_or_default();
+    let bound = options.shim_timeout
+        + options.step * 4
+        + options
+            .handshake_stall
+            .unwrap_or_default()
+            .max(options.keepalive.unwrap_or_default() * 2);
     for case in cases {
         if !options.only.is_empty() && !options.only.iter().any(|p| case.id.starts_with(p.as_str()))
         {

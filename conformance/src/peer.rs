@@ -1124,6 +1124,9 @@ pub struct ServerHelloOut {
     pub signature: Vec<u8>,
     /// The session parameters.
     pub params: toolwire_protocol::handshake::SessionParams,
+    /// An operator's certificate for `identity` (ID-010); omitted when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// The default session parameters of section 4.4.
@@ -1209,6 +1212,7 @@ impl Responder {
                 .sign(&pae(&[b"toolwire/1 server static", &self.static_public]))
                 .to_vec(),
             params: default_params(),
+            certificate: None,
         }
     }
 

@@ -23,6 +23,27 @@
 //! the client reports (the one it closed with, or the peer's CLOSE code), `rpc_code`
 //! the RPC error code of an ERROR answer. `--case` is informational: a shim never
 //! needs it to behave correctly, only to answer 89 for features it lacks.
+//!
+//! Optional flags (a shim that does not implement one exits 89 when it is given):
+//!
+//! - `--trust-operator=KEY`: do **not** pin `--server-key` (it is still passed, for
+//!   information); trust the operator key KEY instead, accepting the server only when
+//!   its `ServerHello.certificate` verifies under it (ID-011, ID-013, ID-014);
+//! - `--hold-ms=N` (default 0): after the calls, keep the session open and idle for up
+//!   to N ms (ending sooner when the connection closes), then close it; the keepalive
+//!   (LIFE-006, LIM-007) and session-lifetime (LIFE-003) cases use it.
+//!
+//! `--server-key` is parsed strictly as the text form of ID-006/ID-007: a shim given
+//! a malformed key text makes no connection and exits non-zero (with `error`
+//! `bad_key` when it prints a report).
+//!
+//! Optional report fields, stated by the client library itself (absent when it does
+//! not provide them; the cases needing them are then UNIMPLEMENTED):
+//!
+//! - `retryable` (bool), with `error` `rpc`: whether the client library classifies
+//!   the call's error as retryable (ERR-003);
+//! - `manifest_hash` (hex): the manifest hash (MAN-008) of the server's signed
+//!   manifest as the client computed it, in every report after a connect succeeded.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -47,6 +68,8 @@ pub const ERRORS: &[&str] = &[
     "manifest_changed",  // the tool's definition changed (MAN-011)
     "not_granted",       // the tool is not granted to the session
     "deadline_exceeded", // the call's deadline passed
+    "bad_key",           // --server-key (or --trust-operator) is not a valid key text (ID-007)
+    "insecure_url",      // the URL was refused before any connection (TRN-001)
     "other",             // anything else
 ];
 
@@ -67,21 +90,39 @@ pub struct ShimInvocation {
     pub args: Vec<u8>,
     /// How many calls to make in a row (0: connect only).
     pub calls: u32,
+    /// The text passed as `--server-key` instead of `server_key`'s text form (the
+    /// key-parser cases pass malformed texts, ID-007).
+    pub server_key_text: Option<String>,
+    /// `--trust-operator`: trust this operator key instead of pinning `server_key`.
+    pub trust_operator: Option<IdentityKey>,
+    /// `--hold-ms`: how long to keep the session open and idle after the calls.
+    pub hold_ms: u64,
 }
 
 impl ShimInvocation {
     /// The command-line flags of this invocation, each as `--flag=value` (a key
     /// text may start with `-`).
     pub fn to_args(&self) -> Vec<String> {
-        vec![
+        let key = self
+            .server_key_text
+            .clone()
+            .unwrap_or_else(|| self.server_key.to_string());
+        let mut args = vec![
             format!("--url={}", self.url),
-            format!("--server-key={}", self.server_key),
+            format!("--server-key={key}"),
             format!("--identity-file={}", self.identity_file.display()),
             format!("--case={}", self.case),
             format!("--tool={}", self.tool),
             format!("--args-hex={}", hex::encode(&self.args)),
             format!("--calls={}", self.calls),
-        ]
+        ];
+        if let Some(operator) = &self.trust_operator {
+            args.push(format!("--trust-operator={operator}"));
+        }
+        if self.hold_ms > 0 {
+            args.push(format!("--hold-ms={}", self.hold_ms));
+        }
+        args
     }
 
     /// Parses the flags of [`to_args`](Self::to_args) (any order).
@@ -96,6 +137,8 @@ impl ShimInvocation {
         let mut tool = None;
         let mut args_hex = String::new();
         let mut calls = 1u32;
+        let mut trust_operator = None;
+        let mut hold_ms = 0u64;
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
             let (flag, value) = match arg.split_once('=') {
@@ -121,6 +164,14 @@ impl ShimInvocation {
                 "--tool" => tool = Some(value),
                 "--args-hex" => args_hex = value,
                 "--calls" => calls = value.parse().map_err(|e| format!("--calls: {e}"))?,
+                "--trust-operator" => {
+                    trust_operator = Some(
+                        value
+                            .parse::<IdentityKey>()
+                            .map_err(|e| format!("--trust-operator: {e}"))?,
+                    );
+                }
+                "--hold-ms" => hold_ms = value.parse().map_err(|e| format!("--hold-ms: {e}"))?,
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -132,6 +183,9 @@ impl ShimInvocation {
             tool: tool.unwrap_or_else(|| "echo".to_owned()),
             args: hex::decode(&args_hex).map_err(|e| format!("--args-hex: {e}"))?,
             calls,
+            server_key_text: None,
+            trust_operator,
+            hold_ms,
         })
     }
 }
@@ -156,6 +210,14 @@ pub struct ShimReport {
     /// The RPC error code of an ERROR answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc_code: Option<u32>,
+    /// With `error` `rpc`: whether the client library classifies the error as
+    /// retryable (ERR-003); absent when it does not classify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// The manifest hash (MAN-008) as the client computed it, hex; absent before a
+    /// connect succeeded or when the client does not expose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_hash: Option<String>,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
@@ -200,6 +262,13 @@ impl ShimReport {
         if let Some(code) = self.rpc_code {
             out.push_str(&format!(" rpc {code}"));
         }
+        if let Some(retryable) = self.retryable {
+            out.push_str(if retryable {
+                " retryable"
+            } else {
+                " not retryable"
+            });
+        }
         out.push_str(&format!(" after {} call(s)", self.calls_completed));
         out
     }
@@ -234,6 +303,9 @@ fn call_error(error: &CallError, completed: u32) -> ShimReport {
     let mut report = ShimReport::error(name, completed, error.to_string());
     report.close_code = close;
     report.rpc_code = rpc;
+    if rpc.is_some() {
+        report.retryable = Some(error.is_retryable());
+    }
     report
 }
 
@@ -247,8 +319,18 @@ pub async fn run_reference(invocation: &ShimInvocation) -> ShimReport {
 }
 
 /// [`run_reference`] with a client configured by `builder` (identity and pinned key
-/// are added): for tests that run the suite against a deliberately weakened client.
+/// or trusted operator are added): for tests that run the suite against a
+/// deliberately weakened client.
 pub async fn run_with_builder(invocation: &ShimInvocation, builder: ClientBuilder) -> ShimReport {
+    // ID-007: the key text is parsed strictly before anything else; a malformed one
+    // makes no connection.
+    let server_key = match &invocation.server_key_text {
+        None => invocation.server_key,
+        Some(text) => match text.parse::<IdentityKey>() {
+            Ok(key) => key,
+            Err(error) => return ShimReport::error("bad_key", 0, format!("--server-key: {error}")),
+        },
+    };
     let text = match std::fs::read_to_string(&invocation.identity_file) {
         Ok(text) => text,
         Err(error) => {
@@ -263,15 +345,16 @@ pub async fn run_with_builder(invocation: &ShimInvocation, builder: ClientBuilde
         Ok(identity) => identity,
         Err(error) => return ShimReport::error("other", 0, format!("identity file: {error}")),
     };
-    let session = match builder
-        .identity(identity)
-        .pin_server(invocation.server_key)
-        .connect(&invocation.url)
-        .await
-    {
+    let builder = builder.identity(identity);
+    let builder = match invocation.trust_operator {
+        Some(operator) => builder.trust_operator(operator),
+        None => builder.pin_server(server_key),
+    };
+    let session = match builder.connect(&invocation.url).await {
         Ok(session) => session,
         Err(error) => return connect_error(&error),
     };
+    let manifest_hash = || session.manifest_hash().map(hex::encode);
     let mut last = Vec::new();
     for completed in 0..invocation.calls {
         match session
@@ -288,10 +371,13 @@ pub async fn run_with_builder(invocation: &ShimInvocation, builder: ClientBuilde
                 if report.close_code.is_none() {
                     report.close_code = session.close_code().map(|c| c.0);
                 }
+                report.manifest_hash = manifest_hash();
                 return report;
             }
         }
     }
+    hold(&session, Duration::from_millis(invocation.hold_ms)).await;
+    let manifest_hash = manifest_hash();
     session.close();
     // Give the connection task a moment to send the CLOSE record.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -299,6 +385,17 @@ pub async fn run_with_builder(invocation: &ShimInvocation, builder: ClientBuilde
         outcome: "result".into(),
         calls_completed: invocation.calls,
         result_hex: Some(hex::encode(last)),
+        manifest_hash,
         ..ShimReport::default()
+    }
+}
+
+/// `--hold-ms`: keeps the session open and idle for `hold`, ending sooner when its
+/// connection closes (checked every 50 ms, so the loop is bounded by `hold`).
+async fn hold(session: &toolwire_client::Session, hold: Duration) {
+    let until = tokio::time::Instant::now() + hold;
+    while tokio::time::Instant::now() < until && session.close_code().is_none() {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
     }
 }

@@ -121,6 +121,7 @@ async fn a_client_that_does_not_sign_fails_the_baseline_case() {
     }));
     let mut options = ClientOptions::default();
     options.handshake_stall = None;
+    options.keepalive = None;
     options.step = Duration::from_secs(2);
     let report = tokio::time::timeout(Duration::from_secs(120), client::run(unsigned, options))
         .await
