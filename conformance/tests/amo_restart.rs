@@ -54,12 +54,12 @@ async fn a_copy_of_a_running_call_gets_its_outcome() {
     let _ = std::fs::remove_file(&target.audit_log);
 }
 
-/// AMO-030, AMO-033, AMO-034 against a server configured with 4 lineages and 4096
+/// AMO-030, AMO-033, AMO-034 against a server configured with 2 lineages and 4096
 /// bytes of cached outcomes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_bounds_are_kept_as_declared() {
     let mut bounds = AmoConfig::default();
-    bounds.max_lineages = 4;
+    bounds.max_lineages = 2;
     bounds.max_total_result_bytes = 4096;
     let configured = bounds.clone();
     let target = common::start(move |dangerous| {
