@@ -2826,6 +2826,41 @@ fn grant_file() -> String {
         &ctx(client),
         Some("UntrustedIssuer"),
     ));
+    // GRT-023: the order of rules 2 and 3 (root first; per token its issuer, then its
+    // signature; a token completely before the next) decides between two failures.
+    let bad_untrusted_root = flip_signature_bit(&untrusted_root);
+    let bad_link_under_bad_root = flip_signature_bit(
+        &link("client", "link-1", &bad_untrusted_root)
+            .sign(&d1)
+            .unwrap(),
+    );
+    tests.push(grant_test(
+        "root from an untrusted issuer with a bad signature, under a link with a bad signature: the root's issuer is checked first",
+        &["UntrustedIssuer", "BadSignature", "Delegation"],
+        &bad_link_under_bad_root,
+        &ctx(client),
+        Some("UntrustedIssuer"),
+    ));
+    let broken_under_bad_root = link("client", "link-1", &flip_signature_bit(&root_d1))
+        .sign(&d2)
+        .unwrap();
+    tests.push(grant_test(
+        "trusted root with a bad signature, under a link its holder did not sign: the root's signature is checked before the link's issuer",
+        &["BadSignature", "BrokenChain", "Delegation"],
+        &broken_under_bad_root,
+        &ctx(client),
+        Some("BadSignature"),
+    ));
+    let broken_under_bad_l1 = link("client", "link-2", &flip_signature_bit(&l1))
+        .sign(&d3)
+        .unwrap();
+    tests.push(grant_test(
+        "first link with a bad signature, second link not signed by the first link's holder: the first link is checked completely before the second",
+        &["BadSignature", "BrokenChain", "Delegation"],
+        &broken_under_bad_l1,
+        &ctx(client),
+        Some("BadSignature"),
+    ));
 
     finish(
         "grant",

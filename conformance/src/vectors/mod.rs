@@ -93,10 +93,10 @@ pub fn cases() -> Vec<VectorCase> {
             id: "vectors.grant",
             clauses: &[
                 "GRT-002", "GRT-007", "GRT-011", "GRT-017", "GRT-018", "GRT-019", "GRT-020", "GRT-021",
-                "GRT-022", "GRT-024", "GRT-025", "GRT-026", "GRT-027", "GRT-028", "GRT-029",
+                "GRT-022", "GRT-023", "GRT-024", "GRT-025", "GRT-026", "GRT-027", "GRT-028", "GRT-029",
                 "GRT-030", "GRT-031", "GRT-032", "GRT-033",
             ],
-            description: "grant.json: every grant and chain verifies to its effective rights or fails with its error.",
+            description: "grant.json: every grant and chain verifies to its effective rights or fails with its error (the first of rules 1 to 6 violated: chains failing two rules in different tokens check the root-first order of GRT-023).",
             run: Some(check::check_grant_test),
         },
         Case {
