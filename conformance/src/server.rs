@@ -178,9 +178,11 @@ pub struct ServerOptions {
     /// Stops and starts the server: the durable-store and audit-recovery cases SKIP
     /// without it.
     pub restart: Option<Restarter>,
-    /// The file of the server's durable at-most-once store (AMO-035). The
-    /// damaged-store case (AMO-039) overwrites it while the server is stopped (after
-    /// copying it aside, and puts the copy back), and SKIPs without it.
+    /// The file of the server's durable at-most-once store (AMO-035), when it has
+    /// one: the durable-store cases (AMO-036..AMO-039) SKIP without it (a server
+    /// without a store loses its lineages in a restart, as section 14.4 allows). The
+    /// damaged-store case (AMO-039) overwrites the file while the server is stopped,
+    /// after copying it aside, and puts the copy back.
     pub durable_store: Option<PathBuf>,
     /// The server's audit log, read by the audit-recovery case (AUD-008), which also
     /// appends an incomplete line to it while the server is stopped; it SKIPs

@@ -313,13 +313,32 @@ async fn a_durable_server_keeps_its_promises_across_crashes() {
     assert_eq!(server.slow_runs.load(Ordering::SeqCst), 1);
 }
 
-/// The case can fail: a server restarted without its durable store has lost the
-/// lineage, and answers the retried id RESULT_UNAVAILABLE instead of its result.
+/// The case can fail: a server declared to keep a durable store but restarted
+/// without it has lost the lineage, and answers the retried id RESULT_UNAVAILABLE
+/// instead of its result. Undeclared, the durable cases SKIP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restarted_without_its_store_fails_the_durable_case() {
     let server = Restartable::new("volatile", false);
     server.start().await.expect("first start");
     let mut options = server.options();
+    options.only = vec!["amo.durable.".to_owned()];
+    let report = server::run(
+        &server.url,
+        server.identity.public_key(),
+        server.client.clone(),
+        options.clone(),
+    )
+    .await;
+    assert_eq!(report.cases.len(), 3, "{}", report.summary());
+    assert!(
+        report
+            .cases
+            .iter()
+            .all(|case| case.verdict == Verdict::Skip),
+        "{}",
+        report.summary()
+    );
+    options.durable_store = Some(server.dir.join("amo.redb"));
     options.only = vec!["amo.durable.result-after-crash".to_owned()];
     let report = server::run(
         &server.url,

@@ -179,6 +179,17 @@ fn lineage_room(target: &ServerTarget) -> Result<usize, CaseResult> {
     Ok(room)
 }
 
+/// The durable-store cases apply to a server with a durable store (AMO-035 is a
+/// MAY): they SKIP unless the operator declares one and can restart the server.
+fn durable(target: &ServerTarget) -> Result<(), CaseResult> {
+    if target.options.restart.is_none() || target.options.durable_store.is_none() {
+        return Err(CaseResult::skip(
+            "needs a server with a durable at-most-once store (--amo-store) and an operator hook that crashes and restarts it",
+        ));
+    }
+    Ok(())
+}
+
 /// Restarts the server, or the case's result when it did not start again.
 async fn restarted(target: &ServerTarget) -> Result<(), CaseResult> {
     let Some(restart) = &target.options.restart else {
@@ -499,8 +510,8 @@ async fn no_room(target: Arc<ServerTarget>) -> CaseResult {
 // =====================================================================================
 
 async fn result_after_crash(target: Arc<ServerTarget>) -> CaseResult {
-    if target.options.restart.is_none() {
-        return CaseResult::skip("needs an operator hook that crashes and restarts the server");
+    if let Err(result) = durable(&target) {
+        return result;
     }
     let (mut session, grant) = match established(&target).await {
         Ok(established) => established,
@@ -538,8 +549,8 @@ async fn result_after_crash(target: Arc<ServerTarget>) -> CaseResult {
 }
 
 async fn running_at_crash(target: Arc<ServerTarget>) -> CaseResult {
-    if target.options.restart.is_none() {
-        return CaseResult::skip("needs an operator hook that crashes and restarts the server");
+    if let Err(result) = durable(&target) {
+        return result;
     }
     let Some(slow) = target.options.slow_call.clone() else {
         return CaseResult::skip("needs a slow call (--slow-tool)");
@@ -586,9 +597,9 @@ async fn damaged_store(target: Arc<ServerTarget>) -> CaseResult {
         target.options.restart.clone(),
         target.options.durable_store.clone(),
     ) else {
-        return CaseResult::skip(
-            "needs an operator hook that crashes and restarts the server, and its durable store file",
-        );
+        return durable(&target)
+            .err()
+            .unwrap_or_else(|| precondition("no store"));
     };
     let (mut session, grant) = match established(&target).await {
         Ok(established) => established,
