@@ -47,5 +47,9 @@ async fn the_manifest_hash_is_sha256_of_the_signed_bytes() {
     }
     .sign(&harness.server_identity);
     assert_eq!(hash, Manifest::hash(&signed));
-    assert_eq!(session.manifest_hash(), Some(hash), "stable while unchanged");
+    assert_eq!(
+        session.manifest_hash(),
+        Some(hash),
+        "stable while unchanged"
+    );
 }

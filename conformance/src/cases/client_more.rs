@@ -41,7 +41,7 @@ macro_rules! case {
 pub(super) fn cases() -> Vec<ClientCase> {
     vec![
         // ---- 3. Key text (ID-007) ----------------------------------------------
-        case!("cli.key-text.canonical", ["ID-006", "ID-007"],
+        case!("cli.key-text.canonical", ["ID-007"],
             "--server-key in its canonical text form (43 base64url characters, no padding): the client accepts it, connects and calls.",
             |run| Box::pin(key_text_canonical(run))),
         case!("cli.key-text.44-chars", ["ID-007"],
@@ -96,7 +96,7 @@ pub(super) fn cases() -> Vec<ClientCase> {
             "A CAP_GRANT whose manifest bytes are valid but not the shortest encoding (a map16 header), correctly signed: the client accepts it and reports as manifest hash SHA-256 of those bytes exactly, not of a re-encoding.",
             |run| Box::pin(manifest_hash(run))),
         // ---- 15. Error codes --------------------------------------------------
-        case!("cli.retryable", ["ERR-003", "ERR-001"],
+        case!("cli.retryable", ["ERR-003"],
             "A call answered with each ERROR code of section 15 in turn (one connection each): the client library classifies exactly RESOURCE_EXHAUSTED (8), UNAVAILABLE (14) and DEADLINE_EXCEEDED (4) as retryable.",
             |run| Box::pin(retryable(run))),
     ]
