@@ -770,6 +770,26 @@ impl Session {
         record
     }
 
+    /// Expects the other end's next record at sequence number `seq` in epoch
+    /// `epoch` (instead of 0 and 0), under the same key: for a server with the
+    /// conformance-testing start of its sending direction (spec LIM-018). Call it
+    /// before reading the first record of the session.
+    pub fn expect_receive_from(&mut self, seq: u64, epoch: u32) {
+        self.receive.next_seq = seq;
+        self.receive.epoch = epoch;
+    }
+
+    /// The sequence number the next record from the other end must carry: one more
+    /// than the last record opened.
+    pub fn receive_next_seq(&self) -> u64 {
+        self.receive.next_seq
+    }
+
+    /// The epoch of the other end's direction (moved by each KEY_UPDATE opened).
+    pub fn receive_epoch(&self) -> u32 {
+        self.receive.epoch
+    }
+
     /// Sends raw bytes as one binary message. `false` if the socket refused.
     pub async fn send_raw(&mut self, bytes: Vec<u8>) -> bool {
         send_binary(&mut self.socket, bytes, self.step).await

@@ -164,6 +164,19 @@ pub struct ServerOptions {
     /// The server runs with the default limits of section 17 (the announced-limits
     /// case SKIPs otherwise). Default true.
     pub default_limits: bool,
+    /// The limits the server under test is configured with (LIM-017): the timing
+    /// and exhaustion cases check the behaviour at these values.
+    pub limits: DeclaredLimits,
+    /// The longest a timing case may wait for the server (default 20 s): a case
+    /// whose wait would be longer SKIPs and names the limit to lower (and declare).
+    pub max_wait: Duration,
+    /// A call of a granted tool that streams at least 64 MiB (STREAM_ITEMs): the
+    /// write-stall case (LIM-004) SKIPs without it.
+    pub bulk_call: Option<ToolCall>,
+    /// Run the cases that take minutes: the record-count rekey at a declared count
+    /// above 4096 records per epoch, among them the default of 2^20 (LIM-008).
+    /// Default false (they SKIP).
+    pub slow: bool,
     /// Run only the cases whose id starts with one of these prefixes (all when empty).
     pub only: Vec<String>,
     /// The server's at-most-once bounds (section 14.4), declared by the operator
@@ -220,6 +233,10 @@ impl Default for ServerOptions {
             origin_required: false,
             floods: true,
             default_limits: true,
+            limits: DeclaredLimits::default(),
+            max_wait: Duration::from_secs(20),
+            bulk_call: None,
+            slow: false,
             only: Vec::new(),
             at_most_once: None,
             echo_tool: None,
@@ -229,6 +246,52 @@ impl Default for ServerOptions {
             big_result_call: None,
             denied_call: None,
             audit_failing: false,
+        }
+    }
+}
+
+/// The limits the server under test is configured with, as its operator declares
+/// them to the suite (spec LIM-017), like the flags of a BoGo shim: the timing and
+/// exhaustion cases check the behaviour at these values, so a server configured with
+/// short limits is checked in seconds instead of an hour. Default: the defaults of
+/// spec section 17, and a sending direction that starts at sequence number 0 in
+/// epoch 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeclaredLimits {
+    /// Idle timeout (LIFE-005). Default 90 s.
+    pub idle_timeout: Duration,
+    /// Session lifetime (LIFE-001). Default 62 min.
+    pub session_lifetime: Duration,
+    /// Time per epoch before the server rekeys its direction (KEY-002). Default 5 min.
+    pub rekey_after: Duration,
+    /// Records per epoch before the server rekeys its direction (KEY-001). Default
+    /// 2^20.
+    pub rekey_after_records: u64,
+    /// How long a write may make no progress before the server gives up on the peer
+    /// (LIM-004). Default 10 s.
+    pub write_stall: Duration,
+    /// The sequence number of the first record the server seals in a session: 0
+    /// unless the server has the conformance-testing start of its sending direction
+    /// (LIM-018). The sequence-exhaustion case SKIPs unless it is within 1024 of
+    /// `2^62 − 1`.
+    pub first_send_sequence: u64,
+    /// The epoch of the first record the server seals in a session: 0 unless the
+    /// server has the conformance-testing start of its sending direction (LIM-018).
+    /// The last-epoch case (KEY-006) SKIPs unless it is `2^32 − 1`.
+    pub first_send_epoch: u32,
+}
+
+impl Default for DeclaredLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(90),
+            session_lifetime: Duration::from_secs(62 * 60),
+            rekey_after: Duration::from_secs(5 * 60),
+            rekey_after_records: 1 << 20,
+            write_stall: Duration::from_secs(10),
+            first_send_sequence: 0,
+            first_send_epoch: 0,
         }
     }
 }
@@ -272,11 +335,21 @@ pub async fn run(
     run_cases(target, &crate::cases::server_cases()).await
 }
 
+/// How much longer a case may run when the slow cases are enabled.
+const SLOW_CASE_BOUND: Duration = Duration::from_secs(30 * 60);
+
 /// Runs `cases` against `target`.
 pub async fn run_cases(target: Arc<ServerTarget>, cases: &[ServerCase]) -> Report {
     let spec = Spec::embedded();
     let mut report = Report::new(format!("server {}", target.url));
-    let bound = target.options.step * 6 + target.options.handshake_stall.unwrap_or(Duration::ZERO);
+    let bound = target.options.step * 6
+        + target.options.handshake_stall.unwrap_or(Duration::ZERO)
+        + target.options.max_wait
+        + if target.options.slow {
+            SLOW_CASE_BOUND
+        } else {
+            Duration::ZERO
+        };
     for case in cases {
         if !target.options.only.is_empty()
             && !target
