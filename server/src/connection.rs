@@ -5,7 +5,7 @@
 use crate::audit::{AuditSink, CallEntry};
 use crate::builder::{read, Inner, Limits, Policy, PolicyHook, ToolAllowance};
 use crate::serve::UnauthenticatedSlot;
-use crate::tool::{decode_args, CallContext, Catalog, Registry, ToolResult};
+use crate::tool::{decode_args, CallContext, Catalog, Registry, ToolError, ToolResult};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -31,6 +31,7 @@ use toolwire_protocol::authz::{
     Verdict,
 };
 use toolwire_protocol::envelope::{RequestFields, ResponseFields};
+use toolwire_protocol::error::{Error, LocalError};
 use toolwire_protocol::grant::Grant;
 use toolwire_protocol::handshake::verify_presented_grants;
 use toolwire_protocol::message::{
@@ -904,18 +905,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let lineage = session.lineage;
         match outcome {
             Outcome::Item(id, item, _permit) => {
-                if let Some(running) = self.running.get_mut(&id) {
-                    let data = rmp_serde::to_vec_named(&item).unwrap_or_default();
-                    let index = running.next_item;
-                    running.next_item += 1;
-                    let _ = self.connection.send(
-                        Instant::now(),
-                        Message::StreamItem(StreamItem {
-                            id,
-                            index,
-                            data: data.into(),
-                        }),
+                let Some(running) = self.running.get_mut(&id) else {
+                    return;
+                };
+                let data = rmp_serde::to_vec_named(&item).unwrap_or_default();
+                let index = running.next_item;
+                let sent = self.connection.send(
+                    Instant::now(),
+                    Message::StreamItem(StreamItem {
+                        id,
+                        index,
+                        data: data.into(),
+                    }),
+                );
+                if let Err(Error::Local(LocalError::MessageTooLarge { size, limit })) = sent {
+                    // REC-034: an item that cannot travel in one record ends the call
+                    // with INTERNAL; skipping it would leave the caller a silent gap.
+                    tracing::warn!(
+                        peer = %self.peer,
+                        request_id = id,
+                        size,
+                        limit,
+                        "toolwire stream item does not fit in one record: call ended INTERNAL"
                     );
+                    running.abort.abort();
+                    self.handle_outcome(Outcome::Finished(
+                        id,
+                        Err(ToolError::internal(ITEM_TOO_LARGE)),
+                    ));
+                } else {
+                    running.next_item += 1;
                 }
             }
             Outcome::Finished(id, result) => {
@@ -1117,18 +1136,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         let CachedOutcome::Response(result) = &outcome else {
             return outcome;
         };
-        // The largest RESPONSE of this result: with a signature when signing is on.
-        let probe = Message::Response(Response {
-            id,
-            result: result.clone().into(),
-            signature: self.inner.require_signatures.then(|| vec![0u8; 64].into()),
-        });
         let limit = self
             .inner
             .protocol
             .limits()
             .max_record_body
             .saturating_sub(16);
+        // A RESPONSE adds at most a few dozen bytes of framing (id, field names, a
+        // 64-byte signature) to its result: only results near the limit are probed.
+        if result.len() + RESPONSE_FRAMING_BOUND <= limit {
+            return outcome;
+        }
+        // The largest RESPONSE of this result: with a signature when signing is on.
+        let probe = Message::Response(Response {
+            id,
+            result: result.clone().into(),
+            signature: self.inner.require_signatures.then(|| vec![0u8; 64].into()),
+        });
         let size = probe.encode().len();
         if size <= limit {
             return outcome;
@@ -1312,6 +1336,13 @@ async fn finish_detached(
 /// What the at-most-once table keeps of a handler's result.
 /// The ERROR message of a result that does not fit in one record (REC-034).
 const RESULT_TOO_LARGE: &str = "result too large for one record";
+
+/// The ERROR message of a call ended because one of its STREAM_ITEMs did not fit.
+const ITEM_TOO_LARGE: &str = "stream item too large for one record";
+
+/// More than the bytes a RESPONSE's encoding adds to its result (map header, field
+/// names, id, bin headers, a 64-byte signature).
+const RESPONSE_FRAMING_BOUND: usize = 256;
 
 fn cached_outcome(result: &ToolResult) -> CachedOutcome {
     match result {
