@@ -246,6 +246,42 @@ async fn a_server_that_rekeys_later_than_declared_fails() {
     assert_verdict(&report, "key.interval", Verdict::Fail);
 }
 
+/// The cases can fail: a server whose idle timeout is shorter than declared closes
+/// too early (LIFE-005).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_timeout_shorter_than_declared_fails() {
+    let server = Configured {
+        idle: Duration::from_secs(1),
+        ..Configured::default()
+    };
+    let mut declared = server.declared();
+    declared.idle_timeout = Duration::from_secs(2);
+    let report = run(&server, declared, &["life.idle"], |_| {}).await;
+    assert_verdict(&report, "life.idle", Verdict::Fail);
+}
+
+/// The cases can fail: a server that waits far longer than the declared write stall
+/// on a client that stopped reading is still streaming when the client reads again
+/// (LIM-004).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stall_longer_than_declared_fails() {
+    let server = Configured {
+        write_stall: Duration::from_secs(30),
+        ..Configured::default()
+    };
+    let mut declared = server.declared();
+    declared.write_stall = Duration::from_secs(1);
+    let report = run(&server, declared, &["lim.write-stall"], |options| {
+        options.step = Duration::from_secs(2);
+        options.bulk_call = Some(ToolCall {
+            tool: "bulk".to_owned(),
+            args: serde_json::json!({}),
+        });
+    })
+    .await;
+    assert_verdict(&report, "lim.write-stall", Verdict::Fail);
+}
+
 /// At the default limits, and without the knobs, every case of these clauses SKIPs
 /// (none FAILs): they would wait for minutes or need a declared start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

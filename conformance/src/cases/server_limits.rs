@@ -96,8 +96,9 @@ fn keepalive(target: &ServerTarget) -> Duration {
 }
 
 /// A fresh session that has received its CAP_GRANT, expecting the server's records
-/// from the declared start (LIM-018), and the instant its handshake completed on
-/// this side (record 3 sent).
+/// from the declared start (LIM-018), and an instant just before its handshake
+/// began: the server's timers start later, so a deadline measured from it is never
+/// judged early because of this side's scheduling.
 async fn session(target: &ServerTarget) -> Result<(Session, Instant), CaseResult> {
     let step = target.options.step;
     let socket = peer::connect(&target.url, step)
@@ -108,10 +109,10 @@ async fn session(target: &ServerTarget) -> Result<(Session, Instant), CaseResult
         target.url.clone(),
         target.server_key,
     );
+    let established = Instant::now();
     let mut session = Session::establish(socket, params, step)
         .await
         .map_err(precondition)?;
-    let established = Instant::now();
     let limits = &target.options.limits;
     session.expect_receive_from(limits.first_send_sequence, limits.first_send_epoch);
     match session.next().await {
@@ -352,7 +353,7 @@ async fn rekey_interval(target: Arc<ServerTarget>) -> CaseResult {
     };
     let earliest = interval.saturating_sub(tolerance(interval));
     let expected = format!(
-        "KEY_UPDATE {{epoch: {}}} between {earliest:?} and {:?} after the handshake, PONG under the next key, KEY_UPDATE {{epoch: {}}} one interval later",
+        "KEY_UPDATE {{epoch: {}}} between {earliest:?} and {:?} after the handshake, PONG under the next key, KEY_UPDATE {{epoch: {}}} one interval later (not before two after the handshake)",
         u64::from(limits.first_send_epoch) + 1,
         interval + step,
         u64::from(limits.first_send_epoch) + 2,
@@ -397,7 +398,12 @@ async fn rekey_interval(target: Arc<ServerTarget>) -> CaseResult {
             "KEY_UPDATE {{epoch: {}}} {elapsed:?} into epoch {epoch}",
             key_update.epoch
         ));
-        if Some(key_update.epoch) != epoch.checked_add(1) || elapsed < earliest {
+        // Not early: the server's epoch `update` cannot begin before `update`
+        // intervals after the handshake began, whatever delayed this side's reads.
+        let since_handshake = at.saturating_duration_since(established);
+        if Some(key_update.epoch) != epoch.checked_add(1)
+            || since_handshake + tolerance(interval) < interval * update
+        {
             return CaseResult::check(false, expected, observed.join(", "));
         }
         epoch = key_update.epoch;
