@@ -42,6 +42,18 @@ pub struct ToolCall {
 #[derive(Clone)]
 pub struct Revoker(pub Arc<dyn Fn(&str) + Send + Sync>);
 
+/// An operator probe the suite may read during a case: how many per-(identity, tool)
+/// rate-budget entries the server under test holds (for an in-process server,
+/// `Server::rate_budget_entries().per_tool`; for a live one, a metric it exports).
+#[derive(Clone)]
+pub struct BudgetProbe(pub Arc<dyn Fn() -> usize + Send + Sync>);
+
+impl std::fmt::Debug for BudgetProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BudgetProbe")
+    }
+}
+
 impl std::fmt::Debug for Revoker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Revoker")
@@ -212,6 +224,9 @@ pub struct ServerOptions {
     /// The server runs with an audit log it cannot write (for example on
     /// `/dev/full`): the INTERNAL_ERROR case (CLS-009) SKIPs otherwise. Default false.
     pub audit_failing: bool,
+    /// Reads the server's count of per-tool budget entries: the bounded-budget case
+    /// (AUTHZ-006) SKIPs without it.
+    pub budget_entries: Option<BudgetProbe>,
 }
 
 impl Default for ServerOptions {
@@ -246,6 +261,7 @@ impl Default for ServerOptions {
             big_result_call: None,
             denied_call: None,
             audit_failing: false,
+            budget_entries: None,
         }
     }
 }

@@ -87,6 +87,16 @@ impl Default for Limits {
     }
 }
 
+/// The rate-budget buckets a server holds ([`Server::rate_budget_entries`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateBudgetEntries {
+    /// Buckets per client identity.
+    pub per_identity: usize,
+    /// Buckets per (client identity, tool): only for tools of the manifest.
+    pub per_tool: usize,
+}
+
 /// Why a server could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -283,6 +293,18 @@ impl Server {
     /// The current policy version.
     pub fn policy_version(&self) -> u64 {
         read(&self.inner.policy).version
+    }
+
+    /// How many rate-budget buckets the server holds: one per identity that has
+    /// called, one per (identity, tool) pair called. For monitoring the memory the
+    /// budgets take: per-tool buckets exist only for tools of the manifest
+    /// (AUTHZ-006), so calls to made-up tool names never add any.
+    pub fn rate_budget_entries(&self) -> RateBudgetEntries {
+        let (per_identity, per_tool) = self.inner.rates.entries();
+        RateBudgetEntries {
+            per_identity,
+            per_tool,
+        }
     }
 }
 

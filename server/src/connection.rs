@@ -85,6 +85,13 @@ impl RateBudgets {
     }
 }
 
+impl RateBudgets {
+    /// Buckets held: (per identity, per (identity, tool)).
+    pub(crate) fn entries(&self) -> (usize, usize) {
+        (self.per_identity.len(), self.per_tool.len())
+    }
+}
+
 /// One connection's view of the budgets: its own bucket plus the shared ones.
 struct ConnectionBudgets<'a> {
     connection: &'a DefaultDirectRateLimiter,

@@ -45,7 +45,8 @@ pub use alerts::{Alert, AlertSink, AlertThresholds, LogAlertSink};
 pub use amo::AmoStoreError;
 pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
 pub use builder::{
-    BuildError, DangerousServerBuilder, Limits, ReplaceToolError, Server, ServerBuilder,
+    BuildError, DangerousServerBuilder, Limits, RateBudgetEntries, ReplaceToolError, Server,
+    ServerBuilder,
 };
 pub use shutdown::ShutdownReport;
 pub use tls::{TlsConfig, TlsConfigError};

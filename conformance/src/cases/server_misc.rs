@@ -1,7 +1,8 @@
 //! Server-mode cases that each need a particular tool or server configuration: a
 //! result larger than one record (REC-014, REC-034), records pipelined after a failed
 //! handshake (HS-035), a policy that denies a granted call (AUTHZ-016), a server whose
-//! audit log cannot be written (CLS-009).
+//! audit log cannot be written (CLS-009), an operator probe of the budget state
+//! (AUTHZ-006).
 //!
 //! Execution is observed through the configured call ([`ServerOptions::call`]): a
 //! counter whose result is its run count (an integer, or an object with one integer
@@ -41,6 +42,8 @@ pub(super) fn cases() -> Vec<ServerCase> {
             "A record 3 whose ClientHello signature is bad, pipelined in one write with a REQUEST sealed under the derived transport keys: the server closes with AUTH_FAILED (4001) and does not execute the REQUEST (the counter moves only by the good connection's own calls).", no_record_after_failure),
         case!("authz.policy-denied", ["AUTHZ-016"],
             "A granted tool called with arguments the server's policy denies is refused with PERMISSION_DENIED (7) and not executed; the same tool with other arguments runs (a policy denial, not a missing grant).", policy_denied),
+        case!("authz.budget-state-bounded", ["AUTHZ-006"],
+            "150 pipelined REQUESTs, each for a different made-up tool name, are refused, and the server's count of per-tool budget entries (read by the operator probe) grows by no more than the manifest has tools.", budget_state_bounded),
         case!("cls.internal-error", ["CLS-009"],
             "A server whose audit log cannot be written closes the connection of a call with INTERNAL_ERROR (1011), CLOSE record then close frame; a new connection is closed with 1011 and serves no call.", internal_error),
     ]
@@ -408,6 +411,63 @@ async fn policy_denied(target: Arc<ServerTarget>) -> CaseResult {
         refused && not_run && matches!(again, Ok(Message::Response(_))),
         "denied call: ERROR PERMISSION_DENIED (7), not executed; the same tool with allowed arguments: RESPONSE",
         observed,
+    )
+}
+
+// =====================================================================================
+// AUTHZ-006: budget state bounded independently of the names clients send
+// =====================================================================================
+
+/// Made-up tool names per run: under the default burst of 200 calls per identity.
+const MADE_UP_NAMES: u64 = 150;
+
+async fn budget_state_bounded(target: Arc<ServerTarget>) -> CaseResult {
+    let Some(probe) = target.options.budget_entries.clone() else {
+        return CaseResult::skip(
+            "needs an operator probe of the server's per-tool budget entries (in process: Server::rate_budget_entries)",
+        );
+    };
+    let (mut session, _, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let before = (probe.0)();
+    let salt = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+    for id in 1..=MADE_UP_NAMES {
+        let request = session.request(id, &format!("made-up-{salt:016x}-{id}"), &[0x80]);
+        if !session.send(&Message::Request(request)).await {
+            return precondition(format!("the connection ended after {id} REQUESTs"));
+        }
+    }
+    // Every REQUEST is answered (refused) before the count is read again.
+    let mut refused = 0u64;
+    let mut codes = std::collections::BTreeSet::new();
+    while refused < MADE_UP_NAMES {
+        match session.next().await {
+            Ok(Message::Error(ErrorMessage {
+                id: Some(_), code, ..
+            })) => {
+                refused += 1;
+                codes.insert(rpc_name(code));
+            }
+            Ok(_) => {}
+            Err(ending) => {
+                return precondition(format!(
+                    "the session ended after {refused} answers: {ending}"
+                ))
+            }
+        }
+    }
+    let after = (probe.0)();
+    let growth = after.saturating_sub(before);
+    let bound = grant.granted.len();
+    CaseResult::check(
+        growth <= bound,
+        format!("per-tool budget entries grow by at most {bound} (the granted tools)"),
+        format!(
+            "{MADE_UP_NAMES} made-up names refused with {}; entries {before} then {after}",
+            codes.into_iter().collect::<Vec<_>>().join(", ")
+        ),
     )
 }
 

@@ -186,6 +186,10 @@ pub fn options_for(server: &RunningServer) -> ServerOptions {
             revoking.revoke_grant(jti);
         },
     )));
+    let probed = server.server.clone();
+    options.budget_entries = Some(toolwire_conformance::server::BudgetProbe(Arc::new(
+        move || probed.rate_budget_entries().per_tool,
+    )));
     options
 }
 
