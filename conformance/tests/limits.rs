@@ -5,7 +5,7 @@
 //! deliberately mismatched configurations, to show the cases can FAIL.
 //!
 //! Clauses: LIFE-001, LIFE-005, KEY-001, KEY-002, KEY-006, REC-011, REC-012, REC-013,
-//! LIM-004, LIM-008.
+//! LIM-004, LIM-008 (at the defaults: `default_rekey.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -306,24 +306,4 @@ async fn at_the_default_limits_the_cases_skip() {
     for id in ids {
         assert_verdict(&report, id, Verdict::Skip);
     }
-}
-
-/// LIM-008: at the default limits (2^20 records per epoch), the count-based rekey
-/// happens after exactly 2^20 records. Slow: a million PING/PONG round trips took
-/// 240 s in the debug test build on 2 shared cores, so it runs only on request
-/// (`cargo test -p toolwire-conformance --test limits -- --ignored`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow: about 4 minutes in a debug build"]
-async fn at_the_default_limits_the_server_rekeys_after_2_20_records() {
-    let server = Configured::default();
-    let report = run(
-        &server,
-        server.declared(),
-        &["lim.rekey-defaults"],
-        |options| {
-            options.slow = true;
-        },
-    )
-    .await;
-    assert_verdict(&report, "lim.rekey-defaults", Verdict::Pass);
 }
