@@ -204,11 +204,18 @@ impl RecordPosition {
 
 /// Which deadline a `timeout` event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeadlineKind {
     /// The handshake deadline.
     Handshake,
     /// The idle deadline.
     Idle,
+    /// The HTTP upgrade (with TLS: the TLS handshake and the upgrade) did not complete
+    /// in time: a slow or silent client holding a pre-authentication slot.
+    Upgrade,
+    /// A write made no progress for the write-stall limit (LIM-004): the peer stopped
+    /// reading.
+    WriteStall,
 }
 
 impl DeadlineKind {
@@ -217,6 +224,8 @@ impl DeadlineKind {
         match self {
             DeadlineKind::Handshake => "handshake",
             DeadlineKind::Idle => "idle",
+            DeadlineKind::Upgrade => "upgrade",
+            DeadlineKind::WriteStall => "write_stall",
         }
     }
 }

@@ -32,6 +32,7 @@ use toolwire_protocol::authz::{
 };
 use toolwire_protocol::envelope::{RequestFields, ResponseFields};
 use toolwire_protocol::error::{Error, LocalError};
+use toolwire_protocol::events::{DeadlineKind, SecurityEvent};
 use toolwire_protocol::grant::Grant;
 use toolwire_protocol::handshake::verify_presented_grants;
 use toolwire_protocol::message::{
@@ -499,7 +500,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     /// socket, then the socket is dropped without lingering.
     async fn close_stalled(&mut self) -> CloseCode {
         let code = CloseCode::TRY_AGAIN_LATER;
-        tracing::warn!(peer = %self.peer, event = "write_stalled", "toolwire peer stopped reading: closing the connection");
+        tracing::warn!(peer = %self.peer, "toolwire peer stopped reading: closing the connection");
+        self.events.report(
+            &self.inner,
+            SecurityEvent::Timeout {
+                kind: DeadlineKind::WriteStall,
+            },
+        );
         self.connection.close(code, "");
         let frame = CloseFrame {
             code: WsCloseCode::from(code.0),

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use toolwire_protocol::events::{EventContext, PeerText, SecurityEvent};
+use toolwire_protocol::events::{DeadlineKind, EventContext, PeerText, SecurityEvent};
 use toolwire_protocol::upgrade::{check_upgrade, max_frame_len, UpgradeRefusal, UpgradeRequest};
 use toolwire_protocol::Role;
 
@@ -263,9 +263,14 @@ impl Server {
         match upgraded {
             Ok(Ok(socket)) => crate::connection::run(inner, socket, peer, slot).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "toolwire upgrade failed"),
-            Err(_) => {
-                tracing::info!(%peer, event = "upgrade_timeout", "toolwire upgrade timed out")
-            }
+            Err(_) => crate::events::report(
+                &inner,
+                EventContext::new(Role::Server),
+                Some(peer),
+                SecurityEvent::Timeout {
+                    kind: DeadlineKind::Upgrade,
+                },
+            ),
         }
     }
 }

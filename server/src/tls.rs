@@ -212,10 +212,13 @@ impl Server {
                     .await;
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "toolwire TLS handshake failed"),
-            Err(_) => tracing::info!(
-                %peer,
-                event = "upgrade_timeout",
-                "toolwire TLS handshake timed out"
+            Err(_) => crate::events::report(
+                &self.inner,
+                toolwire_protocol::events::EventContext::new(toolwire_protocol::Role::Server),
+                Some(peer),
+                toolwire_protocol::events::SecurityEvent::Timeout {
+                    kind: toolwire_protocol::events::DeadlineKind::Upgrade,
+                },
             ),
         }
     }

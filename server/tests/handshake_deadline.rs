@@ -7,9 +7,12 @@
 //! start, not from the last byte received. (The deadlines are shortened to 300 ms
 //! through `Limits`; the defaults are 5 s.)
 //!
-//! Clauses: HS-033, HS-034.
+//! The dropped upgrade is reported as a `timeout` event of kind `upgrade`.
+//!
+//! Clauses: HS-033, HS-034, EVT-001.
 
 mod common;
+mod event_capture;
 
 use common::{close_frame_code, raw_socket, within, TestServer};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -93,6 +96,7 @@ async fn until_dropped(stream: &mut TcpStream) {
 
 #[tokio::test]
 async fn half_sent_upgrade_request_is_dropped_at_the_upgrade_deadline() {
+    let (capture, _guard) = event_capture::Capture::start();
     let server = TestServer::start_with(|builder| builder.limits(short_deadlines())).await;
     let mut stream = within("tcp connect", TcpStream::connect(server.addr))
         .await
@@ -108,6 +112,9 @@ async fn half_sent_upgrade_request_is_dropped_at_the_upgrade_deadline() {
         .expect("half request written");
     until_dropped(&mut stream).await;
     assert_near_deadline(started.elapsed());
+    // Reported as a `timeout` event of kind `upgrade` (section 18).
+    let timeout = capture.wait_events("server", "timeout", 1).await;
+    assert_eq!(timeout[0].field("kind"), "upgrade");
 }
 
 #[tokio::test]

@@ -7,9 +7,12 @@
 //! (best effort: the close frame may not get through the stalled socket), stops the
 //! handler, and drops the socket; other clients are served meanwhile.
 //!
-//! Clauses: LIM-004, LIM-016.
+//! The close is reported as a `timeout` event of kind `write_stall` (section 18).
+//!
+//! Clauses: LIM-004, LIM-016, EVT-001.
 
 mod common;
+mod event_capture;
 
 use common::{within, TestServer};
 use futures_util::StreamExt as _;
@@ -78,6 +81,7 @@ fn paced_flood_tool(name: &str, flood: &Arc<Flood>, pause: Option<Duration>) -> 
 
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_closed_and_its_call_stopped() {
+    let (capture, _guard) = event_capture::Capture::start();
     let flood = Arc::new(Flood::default());
     let mut limits = Limits::default();
     limits.write_stall_timeout = Duration::from_millis(500);
@@ -133,6 +137,8 @@ async fn a_peer_that_stops_reading_is_closed_and_its_call_stopped() {
         Ok(None) => {}
         Err(_) => panic!("the stalled connection was not closed"),
     }
+    let stalled = capture.wait_events("server", "timeout", 1).await;
+    assert_eq!(stalled[0].field("kind"), "write_stall");
 }
 
 /// A handler that streams as fast as it can to a peer that never reads is held back
