@@ -9,10 +9,13 @@
 
 use crate::error::{CliError, CliResult};
 use crate::identity_file;
+use crate::serve::{parse_ms, AmoArgs, LimitArgs};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use toolwire_conformance::client::{ClientOptions, ClientUnderTest};
-use toolwire_conformance::server::{ServerOptions, ToolCall};
+use toolwire_conformance::server::{DeclaredLimits, Restarter, ServerOptions, ToolCall};
 use toolwire_conformance::shim::ShimInvocation;
 use toolwire_conformance::{spec, ExpectedFailures, Report, Verdict};
 use toolwire_protocol::IdentityKey;
@@ -111,7 +114,7 @@ pub(crate) struct TraceArgs {
 /// Arguments of `toolwire conformance server`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "The identity must be one the server allows (on its client allowlist).\n\nExample:\n  toolwire conformance server --url ws://127.0.0.1:7700/toolwire --server-key <key> --identity agent.key --ungranted-tool read_file --call-tool echo --call-args '{\"text\":\"hi\"}' --out conformance-report"
+    after_help = "The identity must be one the server allows (on its client allowlist).\n\nThe timing cases check the server at the limits declared with the flags under \"Declared limits\" (spec 17.1, LIM-017): give the values the server runs with (for `toolwire serve`, the same flags), short enough that a case's wait stays under --max-wait-ms; a case whose wait would be longer SKIPs.\n\nExamples:\n  toolwire conformance server --url ws://127.0.0.1:7700/toolwire --server-key <key> --identity agent.key --ungranted-tool read_file --call-tool echo --call-args '{\"text\":\"hi\"}' --out conformance-report\n  toolwire serve ... --idle-timeout-ms 1500 --session-lifetime-ms 4000 --rekey-after-ms 1500 --rekey-after-records 64\n  toolwire conformance server ... --idle-timeout-ms 1500 --session-lifetime-ms 4000 --rekey-after-ms 1500 --rekey-after-records 64 --case life. --case key."
 )]
 pub(crate) struct ServerArgs {
     /// The server's URL, exactly as the server is configured (ws:// only in this
@@ -190,9 +193,97 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     no_floods: bool,
     /// The server runs with limits other than the defaults of section 17 (the
-    /// default-limit checks are skipped).
+    /// default-limit checks are skipped). Implied when a declared limit or
+    /// at-most-once bound differs from its default.
     #[arg(long)]
     non_default_limits: bool,
+    /// Run the cases that take minutes: the record-count rekey at a declared count
+    /// above 4096 records per epoch, among them the default of 2^20 (LIM-008).
+    #[arg(long, conflicts_with = "no_slow")]
+    slow_defaults: bool,
+    /// A granted tool that streams at least 64 MiB when called with `{}` (the
+    /// write-stall case is skipped without it).
+    #[arg(long, value_name = "NAME")]
+    bulk_tool: Option<String>,
+    /// A granted tool whose result, when called with `{}`, is too large for one
+    /// record (the big-result case is skipped without it).
+    #[arg(long, value_name = "NAME")]
+    big_result_tool: Option<String>,
+    /// A granted tool that the server's policy denies for --denied-args while it
+    /// allows the --call-tool call (the policy-denial case is skipped without it).
+    #[arg(long, value_name = "NAME")]
+    denied_tool: Option<String>,
+    /// Arguments for --denied-tool, as a JSON object.
+    #[arg(
+        long,
+        value_name = "JSON",
+        default_value = "{}",
+        requires = "denied_tool"
+    )]
+    denied_args: String,
+    /// The server runs with an audit log it cannot write, e.g. on /dev/full (the
+    /// INTERNAL_ERROR case is skipped otherwise).
+    #[arg(long)]
+    audit_failing: bool,
+    /// A granted tool that returns its arguments (an object) unchanged (the
+    /// outcome-bytes case calls it with `{"pad": "..."}`; skipped without it).
+    #[arg(long, value_name = "NAME")]
+    echo_tool: Option<String>,
+    /// The server's durable at-most-once store file (`toolwire serve --amo-store`):
+    /// the durable-store cases, which need --crash-command and --start-command too,
+    /// are skipped without it. The damaged-store case overwrites it while the server
+    /// is stopped, after copying it aside, and puts the copy back.
+    #[arg(long, value_name = "PATH")]
+    amo_store: Option<PathBuf>,
+    /// A shell command (run with `sh -c`) that stops the server abruptly, e.g.
+    /// `kill -9 $(cat server.pid)`; the suite waits for it to exit (up to 30 s),
+    /// then until the server's port refuses connections (up to 5 s). For the
+    /// durable-store and audit-recovery cases.
+    #[arg(long, value_name = "CMD", requires = "start_command")]
+    crash_command: Option<String>,
+    /// A shell command (run with `sh -c`, stdin and stdout closed, stderr
+    /// inherited) that starts the server again with the same identity, URL, store
+    /// and audit log. The server counts as started when its URL's port accepts
+    /// connections (within 10 s); the command failing before that means it refused
+    /// to start. A server it started keeps running after the run.
+    #[arg(long, value_name = "CMD", requires = "crash_command")]
+    start_command: Option<String>,
+    /// The longest a timing case may wait for the server, ms (default 20000): a
+    /// case whose wait would be longer SKIPs and names the limit to lower.
+    #[arg(long = "max-wait-ms", value_name = "MS", value_parser = parse_ms)]
+    max_wait: Option<Duration>,
+    /// The session limits the server runs with.
+    #[command(
+        flatten,
+        next_help_heading = "Declared limits (the values the server runs with)"
+    )]
+    limits: LimitArgs,
+    /// The sequence number of the first record the server seals in a session,
+    /// when it runs with the dangerous testing start of its sending direction
+    /// (LIM-018): the sequence-exhaustion case runs when it is within 1024 of
+    /// 2^62-1. Default 0.
+    #[arg(
+        long,
+        value_name = "SEQ",
+        help_heading = "Declared limits (the values the server runs with)"
+    )]
+    first_send_sequence: Option<u64>,
+    /// The epoch of the first record the server seals in a session, with the
+    /// dangerous testing start (LIM-018): the last-epoch case runs when it is
+    /// 4294967295 (2^32-1) and --rekey-after-records at most 1024. Default 0.
+    #[arg(
+        long,
+        value_name = "EPOCH",
+        help_heading = "Declared limits (the values the server runs with)"
+    )]
+    first_send_epoch: Option<u32>,
+    /// The at-most-once bounds the server runs with: the bound cases are skipped
+    /// unless one is given (they need bounds small enough to reach).
+    #[command(
+        flatten,
+        next_help_heading = "Declared at-most-once bounds (the values the server runs with)"
+    )]
+    amo: AmoArgs,
 }
 
 /// Runs a subcommand; `Ok(false)` when the conformance run failed.
@@ -269,53 +360,8 @@ fn read_expected(path: Option<&PathBuf>) -> CliResult<ExpectedFailures> {
 }
 
 async fn run_server(args: ServerArgs) -> CliResult<bool> {
-    if !args.url.starts_with("ws://") {
-        return Err(CliError::new(format!(
-            "{}: the conformance suite speaks plain ws:// only in this version",
-            args.url
-        )));
-    }
     let identity = identity_file::read(&args.identity)?;
-    let mut options = ServerOptions::default();
-    options.ungranted_tool = args.ungranted_tool;
-    if let Some(tool) = args.call_tool {
-        let call_args: serde_json::Value = serde_json::from_str(&args.call_args)
-            .map_err(|error| CliError::new(format!("--call-args is not JSON: {error}")))?;
-        options.call = Some(ToolCall {
-            tool,
-            args: call_args,
-        });
-    }
-    if args.no_slow {
-        options.handshake_stall = None;
-    } else {
-        options.handshake_stall = Some(Duration::from_secs(6));
-    }
-    options.only = args.only;
-    options.allowed_origin = args.allowed_origin;
-    options.slow_call = args.slow_tool.map(|tool| ToolCall {
-        tool,
-        args: serde_json::json!({}),
-    });
-    options.other_identity = match &args.other_identity {
-        Some(path) => Some(identity_file::read(path)?),
-        None => None,
-    };
-    if let Some(tool) = args.stream_tool {
-        let stream_args: serde_json::Value = serde_json::from_str(&args.stream_args)
-            .map_err(|error| CliError::new(format!("--stream-args is not JSON: {error}")))?;
-        options.stream_call = Some(ToolCall {
-            tool,
-            args: stream_args,
-        });
-    }
-    options.issuer = match &args.issuer {
-        Some(path) => Some(identity_file::read(path)?),
-        None => None,
-    };
-    options.origin_required = args.origin_required;
-    options.floods = !args.no_floods;
-    options.default_limits = !args.non_default_limits;
+    let options = server_options(&args)?;
     let expected = read_expected(args.expected_failures.as_ref())?;
     let client_seed = hex::encode(*identity.to_seed());
 
@@ -334,6 +380,262 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
     }
     report.apply_expected_failures(&expected);
     print_report(&report, args.out.as_ref())
+}
+
+/// The options of a server run, from the flags; an error names the bad flag.
+fn server_options(args: &ServerArgs) -> CliResult<ServerOptions> {
+    if !args.url.starts_with("ws://") {
+        return Err(CliError::new(format!(
+            "{}: the conformance suite speaks plain ws:// only in this version",
+            args.url
+        )));
+    }
+    let mut options = ServerOptions::default();
+    options.ungranted_tool = args.ungranted_tool.clone();
+    if let Some(tool) = &args.call_tool {
+        options.call = Some(tool_call(tool, &args.call_args, "--call-args")?);
+    }
+    options.handshake_stall = if args.no_slow {
+        None
+    } else {
+        Some(Duration::from_secs(6))
+    };
+    options.only = args.only.clone();
+    options.allowed_origin = args.allowed_origin.clone();
+    options.slow_call = args.slow_tool.as_deref().map(no_args);
+    options.other_identity = match &args.other_identity {
+        Some(path) => Some(identity_file::read(path)?),
+        None => None,
+    };
+    if let Some(tool) = &args.stream_tool {
+        options.stream_call = Some(tool_call(tool, &args.stream_args, "--stream-args")?);
+    }
+    options.issuer = match &args.issuer {
+        Some(path) => Some(identity_file::read(path)?),
+        None => None,
+    };
+    options.origin_required = args.origin_required;
+    options.floods = !args.no_floods;
+
+    options.limits = declared_limits(args);
+    if let Some(wait) = args.max_wait {
+        options.max_wait = wait;
+    }
+    options.slow = args.slow_defaults;
+    options.bulk_call = args.bulk_tool.as_deref().map(no_args);
+    options.big_result_call = args.big_result_tool.as_deref().map(no_args);
+    if let Some(tool) = &args.denied_tool {
+        options.denied_call = Some(tool_call(tool, &args.denied_args, "--denied-args")?);
+    }
+    options.audit_failing = args.audit_failing;
+    options.echo_tool = args.echo_tool.clone();
+    if args.amo.any() {
+        options.at_most_once = Some(args.amo.config());
+    }
+    let at_defaults = options.limits == DeclaredLimits::default()
+        && options
+            .at_most_once
+            .as_ref()
+            .is_none_or(|bounds| *bounds == Default::default());
+    options.default_limits = !args.non_default_limits && at_defaults;
+    options.durable_store = args.amo_store.clone();
+    options.audit_log = args.audit_log.clone();
+    if let (Some(crash), Some(start)) = (&args.crash_command, &args.start_command) {
+        options.restart = Some(restarter(crash, start, &args.url)?);
+    }
+    Ok(options)
+}
+
+/// The declared limits: the defaults of spec section 17, with the given ones set.
+fn declared_limits(args: &ServerArgs) -> DeclaredLimits {
+    let given = &args.limits;
+    let mut limits = DeclaredLimits::default();
+    if let Some(idle) = given.idle_timeout {
+        limits.idle_timeout = idle;
+    }
+    if let Some(lifetime) = given.session_lifetime {
+        limits.session_lifetime = lifetime;
+    }
+    if let Some(interval) = given.rekey_after {
+        limits.rekey_after = interval;
+    }
+    if let Some(records) = given.rekey_after_records {
+        limits.rekey_after_records = records;
+    }
+    if let Some(stall) = given.write_stall {
+        limits.write_stall = stall;
+    }
+    if let Some(sequence) = args.first_send_sequence {
+        limits.first_send_sequence = sequence;
+    }
+    if let Some(epoch) = args.first_send_epoch {
+        limits.first_send_epoch = epoch;
+    }
+    limits
+}
+
+/// A call of `tool` with the JSON object `json`, given with `flag`.
+fn tool_call(tool: &str, json: &str, flag: &str) -> CliResult<ToolCall> {
+    let args: serde_json::Value = serde_json::from_str(json)
+        .map_err(|error| CliError::new(format!("{flag} is not JSON: {error}")))?;
+    if !args.is_object() {
+        return Err(CliError::new(format!(
+            "{flag} must be a JSON object, like {{\"text\":\"hi\"}}"
+        )));
+    }
+    Ok(ToolCall {
+        tool: tool.to_owned(),
+        args,
+    })
+}
+
+/// A call of `tool` with `{}`.
+fn no_args(tool: &str) -> ToolCall {
+    ToolCall {
+        tool: tool.to_owned(),
+        args: serde_json::json!({}),
+    }
+}
+
+/// How long `--crash-command` may run.
+const CRASH_BOUND: Duration = Duration::from_secs(30);
+/// How long after `--crash-command` the server's port may still accept.
+const STOPPED_BOUND: Duration = Duration::from_secs(5);
+/// How long after `--start-command` the server has to accept connections.
+const START_BOUND: Duration = Duration::from_secs(10);
+/// How often the server's port is tried.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The operator hooks of `--crash-command` and `--start-command`, for the server
+/// at `url`.
+fn restarter(crash: &str, start: &str, url: &str) -> CliResult<Restarter> {
+    let address = Arc::new(socket_address(url)?);
+    let crash = Arc::new(crash.to_owned());
+    let start = Arc::new(start.to_owned());
+    let stopped = address.clone();
+    Ok(Restarter::new(
+        move || {
+            let (command, address) = (crash.clone(), stopped.clone());
+            async move { crash_server(&command, &address).await }
+        },
+        move || {
+            let (command, address) = (start.clone(), address.clone());
+            async move { start_server(&command, &address).await }
+        },
+    ))
+}
+
+/// `host:port` of a `ws://` URL (port 80 when it names none).
+fn socket_address(url: &str) -> CliResult<String> {
+    let rest = url.strip_prefix("ws://").unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(CliError::new(format!("{url}: no host in the URL")));
+    }
+    let has_port = match authority.strip_prefix('[') {
+        Some(ipv6) => ipv6.contains("]:"),
+        None => authority.contains(':'),
+    };
+    Ok(if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    })
+}
+
+/// `command` run by `sh -c`, with stdin and stdout closed and stderr inherited.
+fn shell(command: &str) -> tokio::process::Command {
+    let mut shell = tokio::process::Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    shell
+}
+
+/// Whether `address` accepts a TCP connection.
+async fn accepts(address: &str) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(address)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+fn status_text(status: std::process::ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("status {code}"),
+        None => "a signal".to_owned(),
+    }
+}
+
+/// Runs the crash command, then waits (bounded) until the port refuses.
+async fn crash_server(command: &str, address: &str) {
+    match shell(command).kill_on_drop(true).spawn() {
+        Err(error) => errln!("warning: --crash-command did not start: {error}"),
+        Ok(mut child) => match tokio::time::timeout(CRASH_BOUND, child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => {
+                errln!(
+                    "warning: --crash-command exited with {}",
+                    status_text(status)
+                );
+            }
+            Ok(Err(error)) => errln!("warning: --crash-command: {error}"),
+            Err(_) => errln!(
+                "warning: --crash-command still ran after {} s: killed",
+                CRASH_BOUND.as_secs()
+            ),
+        },
+    }
+    let deadline = Instant::now() + STOPPED_BOUND;
+    while Instant::now() < deadline && accepts(address).await {
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs the start command; `Ok` once `address` accepts connections.
+async fn start_server(command: &str, address: &str) -> Result<(), String> {
+    let mut child = shell(command)
+        .spawn()
+        .map_err(|error| format!("--start-command did not start: {error}"))?;
+    let deadline = Instant::now() + START_BOUND;
+    // A command may start the server in the background and exit 0.
+    let mut exited_ok = false;
+    loop {
+        if accepts(address).await {
+            return Ok(());
+        }
+        if !exited_ok {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => exited_ok = true,
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "--start-command exited with {} before {address} accepted connections",
+                        status_text(status)
+                    ))
+                }
+                Ok(None) => {}
+                Err(error) => return Err(format!("--start-command: {error}")),
+            }
+        }
+        if Instant::now() >= deadline {
+            if !exited_ok {
+                let _ = child.start_kill();
+            }
+            return Err(format!(
+                "{address} did not accept connections within {} s of --start-command",
+                START_BOUND.as_secs()
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 fn print_report(report: &Report, out: Option<&PathBuf>) -> CliResult<bool> {
@@ -380,4 +682,120 @@ fn print_report(report: &Report, out: Option<&PathBuf>) -> CliResult<bool> {
         }
     }
     Ok(report.is_success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<ServerArgs, clap::Error> {
+        let key = toolwire_protocol::Identity::from_seed(&[7; 32])
+            .public_key()
+            .to_string();
+        let mut argv = vec![
+            "server",
+            "--url",
+            "ws://127.0.0.1:7700/toolwire",
+            "--server-key",
+            &key,
+            "--identity",
+            "agent.key",
+        ];
+        argv.extend_from_slice(extra);
+        Command::try_parse_from(argv).map(|command| command.args)
+    }
+
+    #[test]
+    fn declared_limits_and_bounds_reach_the_options() {
+        let args = parse(&[
+            "--idle-timeout-ms",
+            "1500",
+            "--session-lifetime-ms",
+            "4000",
+            "--rekey-after-records",
+            "64",
+            "--first-send-epoch",
+            "4294967295",
+            "--max-wait-ms",
+            "9000",
+            "--amo-max-lineages",
+            "3",
+            "--denied-tool",
+            "calc",
+            "--denied-args",
+            r#"{"a":1,"op":"/","b":0}"#,
+        ])
+        .expect("valid flags");
+        let options = server_options(&args).expect("valid options");
+        assert_eq!(options.limits.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(options.limits.session_lifetime, Duration::from_secs(4));
+        assert_eq!(options.limits.rekey_after_records, 64);
+        assert_eq!(options.limits.first_send_epoch, u32::MAX);
+        assert_eq!(
+            options.limits.rekey_after,
+            DeclaredLimits::default().rekey_after
+        );
+        assert_eq!(options.max_wait, Duration::from_secs(9));
+        assert_eq!(options.at_most_once.map(|amo| amo.max_lineages), Some(3));
+        assert!(
+            !options.default_limits,
+            "declared limits are not the defaults"
+        );
+        assert_eq!(
+            options.denied_call.map(|call| call.tool),
+            Some("calc".to_owned())
+        );
+        let defaults = server_options(&parse(&[]).expect("valid flags")).expect("options");
+        assert!(defaults.default_limits && defaults.at_most_once.is_none());
+        assert!(defaults.restart.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        for (flag, value) in [
+            ("--idle-timeout-ms", "0"),
+            ("--session-lifetime-ms", "1.5"),
+            ("--rekey-after-records", "0"),
+            ("--amo-max-total-bytes", "0"),
+            ("--max-wait-ms", "99999999999999999"),
+        ] {
+            let error = parse(&[flag, value]).expect_err(flag).to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+        // Each restart hook needs the other.
+        assert!(parse(&["--crash-command", "true"]).is_err());
+        let args = parse(&["--denied-tool", "calc", "--denied-args", "{nope"]).expect("parses");
+        let error = server_options(&args).expect_err("not JSON").message;
+        assert!(error.contains("--denied-args is not JSON"), "{error}");
+        let args = parse(&["--denied-tool", "calc", "--denied-args", "[1]"]).expect("parses");
+        let error = server_options(&args).expect_err("not an object").message;
+        assert!(
+            error.contains("--denied-args must be a JSON object"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_restart_hooks_dial_the_port_of_the_url() {
+        assert_eq!(
+            socket_address("ws://127.0.0.1:7700/toolwire").ok(),
+            Some("127.0.0.1:7700".to_owned())
+        );
+        assert_eq!(
+            socket_address("ws://[::1]:9/x").ok(),
+            Some("[::1]:9".to_owned())
+        );
+        assert_eq!(
+            socket_address("ws://localhost/toolwire").ok(),
+            Some("localhost:80".to_owned())
+        );
+        assert!(socket_address("ws:///toolwire").is_err());
+    }
 }

@@ -4,9 +4,11 @@ use crate::error::{CliError, CliResult};
 use crate::identity_file;
 use crate::tools::{self, Sandbox};
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use toolwire_protocol::amo::AmoConfig;
 use toolwire_protocol::IdentityKey;
-use toolwire_server::Server;
+use toolwire_server::{Limits, Server};
 
 /// Arguments of `toolwire serve`.
 #[derive(Debug, clap::Args)]
@@ -54,6 +56,177 @@ pub(crate) struct ServeArgs {
     /// and never runs twice. Created when missing.
     #[arg(long = "amo-store", value_name = "PATH")]
     amo_store: Option<PathBuf>,
+    /// Session limits (spec section 17); each defaults to the value of the spec.
+    #[command(flatten, next_help_heading = "Limits")]
+    limits: LimitArgs,
+    /// Bounds of the at-most-once table (spec section 14.4).
+    #[command(flatten, next_help_heading = "At-most-once bounds")]
+    amo: AmoArgs,
+}
+
+/// The session limits of spec section 17: what `toolwire serve` runs with, and
+/// what `toolwire conformance server` is told the server under test runs with
+/// (LIM-017). Each is the spec's default when not given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct LimitArgs {
+    /// Idle timeout, ms: a session in which the client sends no record for this
+    /// long is closed with TIMEOUT (LIFE-005). Default 90000.
+    #[arg(long = "idle-timeout-ms", value_name = "MS", value_parser = parse_ms)]
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Session lifetime, ms: a session this old is closed with SESSION_EXPIRED
+    /// (LIFE-001). Default 3720000 (62 minutes).
+    #[arg(long = "session-lifetime-ms", value_name = "MS", value_parser = parse_ms)]
+    pub(crate) session_lifetime: Option<Duration>,
+    /// Rekey interval, ms: the server rekeys its sending direction after this long
+    /// in one epoch (KEY-002). Default 300000 (5 minutes).
+    #[arg(long = "rekey-after-ms", value_name = "MS", value_parser = parse_ms)]
+    pub(crate) rekey_after: Option<Duration>,
+    /// Records the server seals in one epoch before it rekeys its sending
+    /// direction (KEY-001). Default 1048576 (2^20).
+    #[arg(long = "rekey-after-records", value_name = "N", value_parser = parse_count)]
+    pub(crate) rekey_after_records: Option<u64>,
+    /// Write stall, ms: a write to a client that makes no progress for this long
+    /// (the client stopped reading) closes the connection with TRY_AGAIN_LATER
+    /// (LIM-004). Default 10000.
+    #[arg(long = "write-stall-ms", value_name = "MS", value_parser = parse_ms)]
+    pub(crate) write_stall: Option<Duration>,
+}
+
+impl LimitArgs {
+    /// Sets the given limits in `limits`, leaving the others as they are.
+    pub(crate) fn apply(&self, limits: &mut Limits) {
+        let connection = &mut limits.connection;
+        if let Some(idle) = self.idle_timeout {
+            connection.idle_timeout = idle;
+        }
+        if let Some(lifetime) = self.session_lifetime {
+            connection.session_lifetime = lifetime;
+        }
+        if let Some(interval) = self.rekey_after {
+            connection.rekey_after = interval;
+        }
+        if let Some(records) = self.rekey_after_records {
+            connection.rekey_after_records = records;
+        }
+        if let Some(stall) = self.write_stall {
+            limits.write_stall_timeout = stall;
+        }
+    }
+}
+
+/// The bounds of the at-most-once table (spec section 14.4, LIM-015): what
+/// `toolwire serve` runs with, and what `toolwire conformance server` is told.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct AmoArgs {
+    /// Call lineages the at-most-once table holds at once. Default 1024.
+    #[arg(long = "amo-max-lineages", value_name = "N", value_parser = parse_size)]
+    pub(crate) max_lineages: Option<usize>,
+    /// Lineages held at once for one client identity. Default 16.
+    #[arg(long = "amo-max-lineages-per-client", value_name = "N", value_parser = parse_size)]
+    pub(crate) max_lineages_per_client: Option<usize>,
+    /// Outcomes cached per lineage; retries of older calls get
+    /// RESULT_UNAVAILABLE. Default 256.
+    #[arg(long = "amo-results-per-lineage", value_name = "N", value_parser = parse_size)]
+    pub(crate) results_per_lineage: Option<usize>,
+    /// Largest outcome cached, in bytes; a retry of a call with a larger result
+    /// gets RESULT_UNAVAILABLE. Default 65536.
+    #[arg(long = "amo-max-result-bytes", value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) max_result_bytes: Option<usize>,
+    /// Cached outcome bytes in the whole table. Default 67108864 (64 MiB).
+    #[arg(long = "amo-max-total-bytes", value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) max_total_bytes: Option<usize>,
+}
+
+impl AmoArgs {
+    /// Whether any bound was given.
+    pub(crate) fn any(&self) -> bool {
+        self.max_lineages.is_some()
+            || self.max_lineages_per_client.is_some()
+            || self.results_per_lineage.is_some()
+            || self.max_result_bytes.is_some()
+            || self.max_total_bytes.is_some()
+    }
+
+    /// The default bounds with the given ones set.
+    pub(crate) fn config(&self) -> AmoConfig {
+        let mut config = AmoConfig::default();
+        if let Some(lineages) = self.max_lineages {
+            config.max_lineages = lineages;
+        }
+        if let Some(lineages) = self.max_lineages_per_client {
+            config.max_lineages_per_client = lineages;
+        }
+        if let Some(results) = self.results_per_lineage {
+            config.results_per_lineage = results;
+        }
+        if let Some(bytes) = self.max_result_bytes {
+            config.max_result_bytes = bytes;
+        }
+        if let Some(bytes) = self.max_total_bytes {
+            config.max_total_result_bytes = bytes;
+        }
+        config
+    }
+}
+
+/// The longest duration a limit flag takes, in ms (a year): longer ones would
+/// overflow deadline arithmetic for no use.
+const MAX_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
+/// Parses a duration in whole milliseconds, from 1 to a year.
+pub(crate) fn parse_ms(text: &str) -> Result<Duration, String> {
+    let ms: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of milliseconds"))?;
+    if ms == 0 {
+        return Err("must be at least 1 ms (a zero limit would end every session at once)".into());
+    }
+    if ms > MAX_MS {
+        return Err(format!("must be at most {MAX_MS} ms (a year)"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses a count of at least 1.
+pub(crate) fn parse_count(text: &str) -> Result<u64, String> {
+    let count: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number"))?;
+    if count == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(count)
+}
+
+/// Parses a size or count of at least 1.
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+    let count = parse_count(text)?;
+    usize::try_from(count).map_err(|_| format!("must be at most {}", usize::MAX))
+}
+
+/// The limits given on the command line, for the banner.
+fn changed_limits(limits: &LimitArgs, amo: &AmoArgs) -> Vec<String> {
+    let ms = |name: &str, value: Option<Duration>| {
+        value.map(|value| format!("{name} {} ms", value.as_millis()))
+    };
+    let count = |name: &str, value: Option<usize>| value.map(|value| format!("{name} {value}"));
+    [
+        ms("idle timeout", limits.idle_timeout),
+        ms("session lifetime", limits.session_lifetime),
+        ms("rekey after", limits.rekey_after),
+        limits
+            .rekey_after_records
+            .map(|records| format!("rekey after {records} records")),
+        ms("write stall", limits.write_stall),
+        count("amo lineages", amo.max_lineages),
+        count("amo lineages per client", amo.max_lineages_per_client),
+        count("amo results per lineage", amo.results_per_lineage),
+        count("amo max result bytes", amo.max_result_bytes),
+        count("amo max total bytes", amo.max_total_bytes),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// On Ctrl-C, how long calls in flight may still run before they are answered
@@ -120,6 +293,12 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if let Some(path) = &args.amo_store {
         builder = builder.at_most_once_store(path);
     }
+    let mut limits = Limits::default();
+    args.limits.apply(&mut limits);
+    if args.amo.any() {
+        limits.at_most_once = args.amo.config();
+    }
+    builder = builder.limits(limits);
     let server = builder
         .build()
         .map_err(|error| CliError::new(format!("invalid server configuration: {error}")))?;
@@ -149,6 +328,10 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     }
     if let Some(path) = &args.amo_store {
         outln!("  amo store    {}", path.display());
+    }
+    let changed = changed_limits(&args.limits, &args.amo);
+    if !changed.is_empty() {
+        outln!("  limits       {}", changed.join(", "));
     }
     outln!("An agent calls it with:");
     outln!(
