@@ -241,11 +241,12 @@ pub(crate) struct ServerArgs {
     /// durable-store and audit-recovery cases.
     #[arg(long, value_name = "CMD", requires = "start_command")]
     crash_command: Option<String>,
-    /// A shell command (run with `sh -c`, stdin and stdout closed, stderr
-    /// inherited) that starts the server again with the same identity, URL, store
-    /// and audit log. The server counts as started when its URL's port accepts
-    /// connections (within 10 s); the command failing before that means it refused
-    /// to start. A server it started keeps running after the run.
+    /// A shell command (run with `sh -c`, stdin and stdout closed, stderr to a
+    /// file in the temp folder, quoted when it fails) that starts the server again
+    /// with the same identity, URL, store and audit log. The server counts as
+    /// started when its URL's port accepts connections (within 10 s); the command
+    /// failing before that means it refused to start. A server it started keeps
+    /// running after the run.
     #[arg(long, value_name = "CMD", requires = "crash_command")]
     start_command: Option<String>,
     /// The longest a timing case may wait for the server, ms (default 20000): a
@@ -368,15 +369,22 @@ async fn run_server(args: ServerArgs) -> CliResult<bool> {
     let mut report =
         toolwire_conformance::server::run(&args.url, args.server_key, identity, options).await;
     if let Some(log) = args.audit_log {
-        report.merge(toolwire_conformance::artifact::run(
-            &toolwire_conformance::artifact::ArtifactTarget {
+        let mut artifacts =
+            toolwire_conformance::artifact::run(&toolwire_conformance::artifact::ArtifactTarget {
                 audit_log: Some(log),
                 server_key: args.server_key,
                 secrets: vec![client_seed],
                 after_clean_shutdown: false,
                 events: None,
-            },
-        ));
+            });
+        // --case selects artifact cases too: a log made by a few cases lacks the
+        // entries that the whole run's log holds.
+        if !args.only.is_empty() {
+            artifacts
+                .cases
+                .retain(|case| args.only.iter().any(|prefix| case.id.starts_with(prefix)));
+        }
+        report.merge(artifacts);
     }
     report.apply_expected_failures(&expected);
     print_report(&report, args.out.as_ref())
@@ -400,7 +408,7 @@ fn server_options(args: &ServerArgs) -> CliResult<ServerOptions> {
     } else {
         Some(Duration::from_secs(6))
     };
-    options.only = args.only.clone();
+    options.only.clone_from(&args.only);
     options.allowed_origin = args.allowed_origin.clone();
     options.slow_call = args.slow_tool.as_deref().map(no_args);
     options.other_identity = match &args.other_identity {
@@ -544,16 +552,41 @@ fn socket_address(url: &str) -> CliResult<String> {
     })
 }
 
-/// `command` run by `sh -c`, with stdin and stdout closed and stderr inherited.
-fn shell(command: &str) -> tokio::process::Command {
+/// `command` run by `sh -c`, with stdin and stdout closed and stderr to `stderr`.
+fn shell(command: &str, stderr: Stdio) -> tokio::process::Command {
     let mut shell = tokio::process::Command::new("sh");
     shell
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     shell
+}
+
+/// Where the stderr of `--start-command` goes: never to ours, which a server it
+/// starts would hold open after the run (a pipe reading our output would never
+/// end).
+fn start_log() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "toolwire-conformance-start-{}.log",
+        std::process::id()
+    ))
+}
+
+/// `why`, with the last lines the start command wrote to `log`.
+fn with_log(why: String, log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    if tail.is_empty() {
+        why
+    } else {
+        format!("{why}; its stderr ({}): {tail}", log.display())
+    }
 }
 
 /// Whether `address` accepts a TCP connection.
@@ -577,7 +610,7 @@ fn status_text(status: std::process::ExitStatus) -> String {
 
 /// Runs the crash command, then waits (bounded) until the port refuses.
 async fn crash_server(command: &str, address: &str) {
-    match shell(command).kill_on_drop(true).spawn() {
+    match shell(command, Stdio::inherit()).kill_on_drop(true).spawn() {
         Err(error) => errln!("warning: --crash-command did not start: {error}"),
         Ok(mut child) => match tokio::time::timeout(CRASH_BOUND, child.wait()).await {
             Ok(Ok(status)) if status.success() => {}
@@ -602,7 +635,10 @@ async fn crash_server(command: &str, address: &str) {
 
 /// Runs the start command; `Ok` once `address` accepts connections.
 async fn start_server(command: &str, address: &str) -> Result<(), String> {
-    let mut child = shell(command)
+    let log = start_log();
+    let stderr = std::fs::File::create(&log)
+        .map_err(|error| format!("cannot create {}: {error}", log.display()))?;
+    let mut child = shell(command, Stdio::from(stderr))
         .spawn()
         .map_err(|error| format!("--start-command did not start: {error}"))?;
     let deadline = Instant::now() + START_BOUND;
@@ -616,10 +652,11 @@ async fn start_server(command: &str, address: &str) -> Result<(), String> {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => exited_ok = true,
                 Ok(Some(status)) => {
-                    return Err(format!(
+                    let why = format!(
                         "--start-command exited with {} before {address} accepted connections",
                         status_text(status)
-                    ))
+                    );
+                    return Err(with_log(why, &log));
                 }
                 Ok(None) => {}
                 Err(error) => return Err(format!("--start-command: {error}")),
@@ -629,10 +666,11 @@ async fn start_server(command: &str, address: &str) -> Result<(), String> {
             if !exited_ok {
                 let _ = child.start_kill();
             }
-            return Err(format!(
+            let why = format!(
                 "{address} did not accept connections within {} s of --start-command",
                 START_BOUND.as_secs()
-            ));
+            );
+            return Err(with_log(why, &log));
         }
         tokio::time::sleep(POLL).await;
     }

@@ -153,3 +153,99 @@ fn serve_refuses_a_zero_limit() {
     );
     assert!(!output.stdout.contains("listening"), "{}", output.stdout);
 }
+
+/// Kills the server whose pid is in the file when dropped (the last one the
+/// `--start-command` started outlives the conformance run).
+#[cfg(unix)]
+struct KillPid(PathBuf);
+
+#[cfg(unix)]
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+    }
+}
+
+/// AMO-037, AMO-038, AMO-039, AUD-008 through `--crash-command` (`kill -9` of the
+/// pid a start script wrote) and `--start-command` (the same script): `toolwire
+/// serve` on a durable store and an audit log comes back after each crash.
+#[cfg(unix)]
+#[test]
+fn the_restart_cases_run_through_the_crash_and_start_commands() {
+    let scratch = Scratch::new("conformance-restart");
+    let server_file = scratch.path("server.key");
+    let agent_file = scratch.path("agent.key");
+    let server_key = keygen(&server_file);
+    let agent_key = keygen(&agent_file);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let (pid, store, log) = (
+        scratch.path("server.pid"),
+        scratch.path("amo.redb"),
+        scratch.path("audit.jsonl"),
+    );
+    let start = format!(
+        "echo $$ > '{}'; exec '{}' serve --identity '{}' --listen 127.0.0.1:{port} --allow-client {agent_key} --amo-store '{}' --audit-log '{}'",
+        pid.display(),
+        env!("CARGO_BIN_EXE_toolwire"),
+        server_file.display(),
+        store.display(),
+        log.display(),
+    );
+    let _server = KillPid(pid.clone());
+    // The first server, started like the restarts: `sh` execs into it, so its pid
+    // is the one the script wrote.
+    let _first = common::KillOnDrop(
+        std::process::Command::new("sh")
+            .args(["-c", &start])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh runs"),
+    );
+    let address = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(started.elapsed() < DEADLINE, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut command = toolwire();
+    command
+        .args(["conformance", "server", "--url"])
+        .arg(format!("ws://{address}/toolwire"))
+        .args(["--server-key", &server_key, "--identity"])
+        .arg(&agent_file)
+        .args(["--call-tool", "echo", "--call-args", r#"{"text":"hi"}"#])
+        .arg("--amo-store")
+        .arg(&store)
+        .arg("--audit-log")
+        .arg(&log)
+        .arg("--crash-command")
+        .arg(format!("kill -9 $(cat '{}')", pid.display()))
+        .args(["--start-command", &start])
+        .args(["--case", "amo.durable.result-after-crash"])
+        .args(["--case", "amo.durable.damaged-store"])
+        .args(["--case", "aud.restart"]);
+    let output = run(command, DEADLINE);
+    println!("{}", output.stdout);
+    for id in [
+        "amo.durable.result-after-crash",
+        "amo.durable.damaged-store",
+        "aud.restart.continues-chain",
+    ] {
+        assert_eq!(
+            verdict(&output, id),
+            Some("PASS"),
+            "{id}: {}",
+            shown(&output)
+        );
+    }
+    assert!(output.status.success(), "{}", shown(&output));
+}
