@@ -82,7 +82,7 @@ fn tolerance(limit: Duration) -> Duration {
 fn too_long(target: &ServerTarget, wait: Duration, limit: &str) -> Option<CaseResult> {
     (wait > target.options.max_wait).then(|| {
         CaseResult::skip(format!(
-            "would wait {wait:?}, more than max_wait ({:?}): configure the server under test with a shorter {limit} and declare it, or raise max_wait",
+            "would wait {wait:?}, more than max_wait ({:?}): configure the server under test with a shorter {limit} and declare it, or raise max_wait (--max-wait-ms)",
             target.options.max_wait
         ))
     })
@@ -448,7 +448,7 @@ async fn rekey_records(target: Arc<ServerTarget>) -> CaseResult {
     }
     if records > QUICK_RECORDS && !target.options.slow {
         return CaseResult::skip(format!(
-            "the declared rekey_after_records ({records}) takes minutes to reach: configure the server under test with at most {QUICK_RECORDS} records per epoch and declare it, or enable the slow cases"
+            "the declared rekey_after_records ({records}) takes minutes to reach: configure the server under test with at most {QUICK_RECORDS} records per epoch and declare it, or enable the slow cases (--slow-defaults)"
         ));
     }
     let epochs = if records > QUICK_RECORDS { 1 } else { 2 };
@@ -464,7 +464,7 @@ async fn rekey_defaults(target: Arc<ServerTarget>) -> CaseResult {
     }
     if !target.options.slow {
         return CaseResult::skip(
-            "2^20 records per epoch take minutes: enable the slow cases (KEY-001 and KEY-002 check the same behaviour at shorter declared limits)",
+            "2^20 records per epoch take minutes: enable the slow cases (--slow-defaults; KEY-001 and KEY-002 check the same behaviour at shorter declared limits)",
         );
     }
     let records = count_rekeys(&target, limits.rekey_after_records, 1).await;
@@ -619,7 +619,7 @@ async fn last_epoch(target: Arc<ServerTarget>) -> CaseResult {
     let limits = &target.options.limits;
     if limits.first_send_epoch != u32::MAX {
         return CaseResult::skip(
-            "needs a server whose sending direction starts in epoch 2^32-1 (conformance-testing start, LIM-018), declared as first_send_epoch",
+            "needs a server whose sending direction starts in epoch 2^32-1 (conformance-testing start, LIM-018), declared as first_send_epoch (--first-send-epoch)",
         );
     }
     let records = limits.rekey_after_records;
@@ -702,7 +702,7 @@ async fn sequence_exhausted(target: Arc<ServerTarget>) -> CaseResult {
     let first = target.options.limits.first_send_sequence;
     if first > LAST_SEQUENCE - 2 || LAST_SEQUENCE - first > EXHAUSTION_ROOM {
         return CaseResult::skip(format!(
-            "needs a server whose sending direction starts between 2^62-{EXHAUSTION_ROOM}-1 and 2^62-3 (conformance-testing start, LIM-018), declared as first_send_sequence"
+            "needs a server whose sending direction starts between 2^62-{EXHAUSTION_ROOM}-1 and 2^62-3 (conformance-testing start, LIM-018), declared as first_send_sequence (--first-send-sequence)"
         ));
     }
     let (mut session, _) = match session(&target).await {
@@ -762,7 +762,9 @@ async fn sequence_exhausted(target: Arc<ServerTarget>) -> CaseResult {
 
 async fn write_stall(target: Arc<ServerTarget>) -> CaseResult {
     let Some(call) = target.options.bulk_call.clone() else {
-        return CaseResult::skip("needs a granted tool that streams at least 64 MiB (bulk_call)");
+        return CaseResult::skip(
+            "needs a granted tool that streams at least 64 MiB (bulk_call, --bulk-tool)",
+        );
     };
     let limits = &target.options.limits;
     let step = target.options.step;
