@@ -653,7 +653,7 @@ fn rechained(line: &str, seq: u64, prev: &[u8; 32]) -> Option<String> {
 
 fn verifier_claims(target: &Inputs<'_>, text: &str) -> CaseResult {
     let Some(verifier) = &target.producers.verifier else {
-        return CaseResult::skip("needs the verifier under test (--verifier)");
+        return CaseResult::skip("needs the log verifier under test (artifact::Producers::verifier; no command-line form yet)");
     };
     let lines: Vec<&str> = text.lines().collect();
     let kind = |line: &str| {
@@ -850,7 +850,7 @@ fn issued(issuer: &Issuer, link: bool) -> Result<Vec<(IssueRequest, String)>, Ca
 
 fn issuer_format(target: &Inputs<'_>, _: &str) -> CaseResult {
     let Some(issuer) = &target.producers.issuer else {
-        return CaseResult::skip("needs the issuer under test (--issuer)");
+        return CaseResult::skip("needs the grant issuer under test (artifact::Producers::issuer; no command-line form yet)");
     };
     let tokens = match issued(issuer, true) {
         Ok(tokens) => tokens,
@@ -899,7 +899,7 @@ fn issuer_format(target: &Inputs<'_>, _: &str) -> CaseResult {
 
 fn issuer_iss(target: &Inputs<'_>, _: &str) -> CaseResult {
     let Some(issuer) = &target.producers.issuer else {
-        return CaseResult::skip("needs the issuer under test (--issuer)");
+        return CaseResult::skip("needs the grant issuer under test (artifact::Producers::issuer; no command-line form yet)");
     };
     let tokens = match issued(issuer, true) {
         Ok(tokens) => tokens,
@@ -936,7 +936,7 @@ fn issuer_iss(target: &Inputs<'_>, _: &str) -> CaseResult {
 
 fn issuer_size(target: &Inputs<'_>, _: &str) -> CaseResult {
     let Some(issuer) = &target.producers.issuer else {
-        return CaseResult::skip("needs the issuer under test (--issuer)");
+        return CaseResult::skip("needs the grant issuer under test (artifact::Producers::issuer; no command-line form yet)");
     };
     const LIMIT: usize = 8192;
     let audience = random_key();
