@@ -43,7 +43,7 @@ pub(super) fn cases() -> Vec<ServerCase> {
         case!("authz.policy-denied", ["AUTHZ-016"],
             "A granted tool called with arguments the server's policy denies is refused with PERMISSION_DENIED (7) and not executed; the same tool with other arguments runs (a policy denial, not a missing grant).", policy_denied),
         case!("authz.budget-state-bounded", ["AUTHZ-006"],
-            "150 pipelined REQUESTs, each for a different made-up tool name, are refused, and the server's count of per-tool budget entries (read by the operator probe) grows by no more than the manifest has tools.", budget_state_bounded),
+            "100 pipelined REQUESTs, each for a different made-up tool name, are refused, and the server's count of per-tool budget entries (read by the operator probe) grows by no more than the manifest has tools.", budget_state_bounded),
         case!("cls.internal-error", ["CLS-009"],
             "A server whose audit log cannot be written closes the connection of a call with INTERNAL_ERROR (1011), CLOSE record then close frame; a new connection is closed with 1011 and serves no call.", internal_error),
     ]
@@ -418,8 +418,13 @@ async fn policy_denied(target: Arc<ServerTarget>) -> CaseResult {
 // AUTHZ-006: budget state bounded independently of the names clients send
 // =====================================================================================
 
-/// Made-up tool names per run: under the default burst of 200 calls per identity.
-const MADE_UP_NAMES: u64 = 150;
+/// Made-up tool names per run: half the default burst of 200 calls per identity.
+const MADE_UP_NAMES: u64 = 100;
+
+/// How long the case waits at its end for the identity's call budget to refill (100
+/// calls at the default 100 calls/s, with a margin): the flood cases after it expect
+/// a full bucket.
+const BUDGET_REFILL: Duration = Duration::from_millis(1500);
 
 async fn budget_state_bounded(target: Arc<ServerTarget>) -> CaseResult {
     let Some(probe) = target.options.budget_entries.clone() else {
@@ -459,6 +464,7 @@ async fn budget_state_bounded(target: Arc<ServerTarget>) -> CaseResult {
         }
     }
     let after = (probe.0)();
+    tokio::time::sleep(BUDGET_REFILL).await;
     let growth = after.saturating_sub(before);
     let bound = grant.granted.len();
     CaseResult::check(
