@@ -76,7 +76,7 @@ pub(crate) struct ShimArgs {
     #[arg(long, value_name = "URL")]
     url: String,
     /// The server identity key to pin.
-    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     server_key: IdentityKey,
     /// The client's identity file.
     #[arg(long, value_name = "FILE")]
@@ -94,7 +94,7 @@ pub(crate) struct ShimArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     calls: u32,
     /// Trust this operator key (server certificates) instead of pinning --server-key.
-    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     trust_operator: Option<IdentityKey>,
     /// After the calls, keep the session open and idle this long (ms).
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -122,7 +122,7 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "URL")]
     url: String,
     /// The server's identity key.
-    #[arg(long, value_name = "KEY", value_parser = identity_file::parse_key)]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true, value_parser = identity_file::parse_key)]
     server_key: IdentityKey,
     /// An identity file of a client the server allows.
     #[arg(long, value_name = "FILE")]
