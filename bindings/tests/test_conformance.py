@@ -22,6 +22,31 @@ from conftest import REPO, PythonServer, cli_path, run
 EXPECTED_FAILURES = Path(__file__).resolve().parent / "conformance_expected_failures.txt"
 ALLOWED_ORIGIN = "https://app.conformance.invalid"
 
+#: Cases that SKIP against this test's Python server, with the reason.
+SKIPPED_AGAINST_THE_PYTHON_SERVER = {
+    "trn.origin.required": "the server does not require an Origin header (TRN-013 needs one that does)",
+    "grt.revocation": "the suite cannot revoke grants on it from outside (an operator action)",
+    "authz.budget-state-bounded": "needs the in-process probe Server::rate_budget_entries",
+    "cls.internal-error": "would need an audit log on /dev/full",
+    # Timing cases: the defaults take minutes to an hour to reach, and shortening the
+    # idle timeout or session lifetime would cut the other cases' sessions short.
+    "life.lifetime": "session lifetime 62 min",
+    "life.idle": "idle timeout 90 s",
+    "key.interval": "rekey interval 5 min",
+    "key.records": "2^20 records per epoch (the Python Limits do not set it)",
+    "lim.rekey-defaults": "2^20 records per epoch take minutes",
+    "key.last-epoch": "needs the dangerous testing start of the sending epoch (Rust only)",
+    "rec.sequence-exhausted": "needs the dangerous testing start of the sending sequence (Rust only)",
+    "lim.write-stall": "needs a 64 MiB stream",
+    "amo.bounds.total-bytes": "at-most-once bounds are not settable from Python",
+    "amo.bounds.busy-lineage-kept": "at-most-once bounds are not settable from Python",
+    "amo.bounds.no-room": "at-most-once bounds are not settable from Python",
+    "amo.durable.result-after-crash": "needs a durable store and a crash/restart hook",
+    "amo.durable.running-at-crash": "needs a durable store and a crash/restart hook",
+    "amo.durable.damaged-store": "needs a durable store and a crash/restart hook",
+    "aud.restart.continues-chain": "needs an audit log and a crash/restart hook",
+}
+
 
 @pytest.fixture(scope="module")
 def conformance_cli() -> Path:
@@ -59,7 +84,7 @@ async def conformance_server(
     server = toolwire.ToolServer(
         server_identity,
         client_tools={
-            client_identity.public_key: ["echo", "counter", "slow", "count"],
+            client_identity.public_key: ["echo", "counter", "slow", "count", "big"],
             other_identity.public_key: ["echo", "counter"],
         },
         grant_issuers=[issuer.public_key],
@@ -90,6 +115,16 @@ async def conformance_server(
         """Streams 0..n-1."""
         for i in range(n):
             yield i
+
+    @server.tool
+    async def big() -> str:
+        """Returns a result too large for one record (REC-034: answered INTERNAL)."""
+        return "x" * 200_000
+
+    @server.authorizer
+    def policy(request: toolwire.AuthorizationRequest) -> bool:
+        """Refuses echo of one text: a policy denial of a granted tool (AUTHZ-016)."""
+        return not (request.tool == "echo" and request.arguments == {"text": "forbidden"})
 
     @server.tool
     async def admin() -> str:
@@ -128,6 +163,9 @@ async def test_conformance_suite_against_the_python_server(
         "--stream-tool", "count",
         "--stream-args", '{"n": 3}',
         "--allowed-origin", ALLOWED_ORIGIN,
+        "--big-result-tool", "big",
+        "--denied-tool", "echo",
+        "--denied-args", '{"text": "forbidden"}',
         "--expected-failures", EXPECTED_FAILURES,
         "--out", out,
         timeout=300,
@@ -144,9 +182,11 @@ async def test_conformance_suite_against_the_python_server(
         [case for case in report["cases"] if case["expected_failure"]]
     )
     assert len(report["cases"]) >= 75
-    skipped = [case["id"] for case in report["cases"] if case["verdict"] == "SKIP"]
-    # This server does not require an Origin header (TRN-013 needs one that does),
-    # and the suite cannot revoke grants on it from outside (an operator action).
-    assert sorted(skipped) == ["grt.revocation", "trn.origin.required"], skipped
+    skipped = {case["id"]: case["detail"] for case in report["cases"] if case["verdict"] == "SKIP"}
+    # Every SKIP names what the case needs; these are the ones this test cannot give a
+    # Python server from outside, and why.
+    assert all(skipped.values()), skipped
+    assert set(skipped) == set(SKIPPED_AGAINST_THE_PYTHON_SERVER), skipped
+    assert report["summary"]["verdicts"]["PASS"] >= 100, report["summary"]
     assert (out / "junit.xml").read_text().startswith("<?xml")
     assert "## Clauses" in (out / "report.md").read_text()
