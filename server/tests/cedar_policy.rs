@@ -128,11 +128,24 @@ async fn permit_and_forbid_policies_decide_each_call() {
     );
     assert_eq!(fixture.echo.runs(), 1, "the forbidden call must not run");
 
-    let log = std::fs::read_to_string(&fixture.audit).expect("audit log");
+    let log = audit_log_once_it_holds(&fixture.audit, "forbidden by Cedar policy no-secrets").await;
     assert!(
         log.contains("forbidden by Cedar policy no-secrets"),
         "the deny reason is in the audit log: {log}"
     );
+}
+
+/// The audit log's text once it contains `needle`, or after 5 s. The audit writer is
+/// its own task: the entry of a refused call lands shortly after the refusal is sent.
+async fn audit_log_once_it_holds(path: &std::path::Path, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) || tokio::time::Instant::now() >= deadline {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
