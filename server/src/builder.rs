@@ -296,9 +296,11 @@ impl Server {
     }
 
     /// How many rate-budget buckets the server holds: one per identity that has
-    /// called, one per (identity, tool) pair called. For monitoring the memory the
-    /// budgets take: per-tool buckets exist only for tools of the manifest
-    /// (AUTHZ-006), so calls to made-up tool names never add any.
+    /// called, one per (identity, tool) pair called, as long as their budget has not
+    /// refilled (full buckets are dropped, at most every 10 s, when calls arrive).
+    /// For monitoring the memory the budgets take: per-tool buckets exist only for
+    /// tools of the manifest (AUTHZ-006), so calls to made-up tool names never add
+    /// any.
     pub fn rate_budget_entries(&self) -> RateBudgetEntries {
         let (per_identity, per_tool) = self.inner.rates.entries();
         RateBudgetEntries {

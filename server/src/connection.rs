@@ -12,6 +12,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -69,27 +70,65 @@ fn per_second(rate: u32, burst: u32) -> Quota {
 
 /// Rate budgets shared by every connection of a server: per identity and per
 /// (identity, tool), token buckets from `governor`.
+///
+/// A bucket whose budget has refilled says nothing a fresh bucket would not, so full
+/// buckets are dropped, at most once per [`RateBudgets::SWEEP_INTERVAL`]: without
+/// that, every identity that ever called (every grant holder of a long-lived
+/// server) would keep its buckets for the server's life.
 pub(crate) struct RateBudgets {
     per_identity: DefaultKeyedRateLimiter<IdentityKey>,
     per_tool: DefaultKeyedRateLimiter<(IdentityKey, String)>,
+    created: Instant,
+    sweep_interval: Duration,
+    /// When the last sweep ran, in ms since `created`.
+    last_sweep_ms: AtomicU64,
 }
 
 impl RateBudgets {
+    /// How often, at most, full buckets are dropped.
+    pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
     pub(crate) fn new(limits: &Limits) -> Self {
+        Self::with_sweep_interval(limits, Self::SWEEP_INTERVAL)
+    }
+
+    fn with_sweep_interval(limits: &Limits, sweep_interval: Duration) -> Self {
         Self {
             per_identity: RateLimiter::keyed(per_second(limits.rate_per_sec, limits.burst)),
             per_tool: RateLimiter::keyed(per_second(
                 limits.per_tool_rate_per_sec,
                 limits.per_tool_burst,
             )),
+            created: Instant::now(),
+            sweep_interval,
+            last_sweep_ms: AtomicU64::new(0),
         }
     }
-}
 
-impl RateBudgets {
     /// Buckets held: (per identity, per (identity, tool)).
     pub(crate) fn entries(&self) -> (usize, usize) {
         (self.per_identity.len(), self.per_tool.len())
+    }
+
+    /// Drops the buckets that have refilled when the last sweep is older than the
+    /// sweep interval. Cheap when it is not due (one atomic load); when it is, one
+    /// caller wins the race and walks the buckets.
+    fn sweep_if_due(&self) {
+        let now_ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let interval_ms = u64::try_from(self.sweep_interval.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < interval_ms
+            || self
+                .last_sweep_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        self.per_identity.retain_recent();
+        self.per_identity.shrink_to_fit();
+        self.per_tool.retain_recent();
+        self.per_tool.shrink_to_fit();
     }
 }
 
@@ -108,6 +147,7 @@ impl RateBudgetCheck for ConnectionBudgets<'_> {
         let wait =
             |not_until: governor::NotUntil<_>| RetryAfter(not_until.wait_time_from(clock.now()));
         self.connection.check().map_err(wait)?;
+        self.shared.sweep_if_due();
         self.shared.per_identity.check_key(client).map_err(wait)?;
         if self.tools.digest(tool).is_none() {
             return Ok(());
@@ -1472,5 +1512,74 @@ mod tests {
         assert_eq!(rates.per_tool.len(), 0);
         assert!(budgets.check(&client, "echo", Instant::now()).is_ok());
         assert_eq!(rates.per_tool.len(), 1);
+    }
+
+    fn limits(rate_per_sec: u32, burst: u32) -> Limits {
+        Limits {
+            rate_per_sec,
+            burst,
+            per_tool_rate_per_sec: rate_per_sec,
+            per_tool_burst: burst,
+            ..Limits::default()
+        }
+    }
+
+    fn echo_digests() -> ToolDigests {
+        let mut tools = ToolDigests::new();
+        tools.insert("echo", [0; 32]);
+        tools
+    }
+
+    /// Buckets of identities whose budget has refilled are dropped by the next sweep:
+    /// the budgets do not keep one bucket per identity that ever called.
+    #[test]
+    fn refilled_buckets_are_dropped_by_the_sweep() {
+        // 1000 calls/s, burst 1: a bucket is full again 1 ms after its call.
+        let rates = RateBudgets::with_sweep_interval(&limits(1000, 1), Duration::from_millis(200));
+        let connection = RateLimiter::direct(per_second(10_000, 10_000));
+        let tools = echo_digests();
+        let mut budgets = ConnectionBudgets {
+            connection: &connection,
+            shared: &rates,
+            tools: &tools,
+        };
+        for seed in 0..100u8 {
+            let client = toolwire_protocol::Identity::from_seed(&[seed; 32]).public_key();
+            assert!(budgets.check(&client, "echo", Instant::now()).is_ok());
+        }
+        assert_eq!(rates.entries(), (100, 100));
+        std::thread::sleep(Duration::from_millis(250));
+        let last = toolwire_protocol::Identity::from_seed(&[200; 32]).public_key();
+        assert!(budgets.check(&last, "echo", Instant::now()).is_ok());
+        assert_eq!(
+            rates.entries(),
+            (1, 1),
+            "only the caller of the sweeping call is left"
+        );
+    }
+
+    /// The sweep keeps a bucket that has not refilled: an identity that spent its
+    /// budget is still refused after a sweep (dropping its bucket would reset it).
+    #[test]
+    fn the_sweep_keeps_spent_budgets() {
+        // 1 call/s, burst 1: spent for a second after one call.
+        let rates = RateBudgets::with_sweep_interval(&limits(1, 1), Duration::ZERO);
+        let connection = RateLimiter::direct(per_second(10_000, 10_000));
+        let tools = echo_digests();
+        let mut budgets = ConnectionBudgets {
+            connection: &connection,
+            shared: &rates,
+            tools: &tools,
+        };
+        let client = toolwire_protocol::Identity::from_seed(&[9; 32]).public_key();
+        assert!(budgets.check(&client, "echo", Instant::now()).is_ok());
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(2));
+            assert!(
+                budgets.check(&client, "echo", Instant::now()).is_err(),
+                "a spent budget survives the sweep"
+            );
+        }
+        assert_eq!(rates.entries(), (1, 1));
     }
 }
