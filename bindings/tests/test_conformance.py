@@ -44,6 +44,7 @@ SKIPPED_AGAINST_THE_PYTHON_SERVER = {
     "amo.durable.result-after-crash": "needs a durable store and a crash/restart hook",
     "amo.durable.running-at-crash": "needs a durable store and a crash/restart hook",
     "amo.durable.damaged-store": "needs a durable store and a crash/restart hook",
+    "amo.durable.unrecordable": "needs a durable store whose writes can be made to fail",
     "aud.restart.continues-chain": "needs an audit log and a crash/restart hook",
 }
 

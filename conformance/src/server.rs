@@ -48,6 +48,19 @@ pub struct Revoker(pub Arc<dyn Fn(&str) + Send + Sync>);
 #[derive(Clone)]
 pub struct BudgetProbe(pub Arc<dyn Fn() -> usize + Send + Sync>);
 
+/// An operator switch the suite may flip during a case: `true` makes the writes of
+/// the server's durable at-most-once store fail (a disk that fills up or goes away),
+/// `false` ends that. For an in-process server, `StoreWriteFault::set_failing` of
+/// `DangerousServerBuilder::at_most_once_store_write_fault_for_testing`.
+#[derive(Clone)]
+pub struct StoreFault(pub Arc<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for StoreFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreFault")
+    }
+}
+
 impl std::fmt::Debug for BudgetProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("BudgetProbe")
@@ -227,6 +240,10 @@ pub struct ServerOptions {
     /// Reads the server's count of per-tool budget entries: the bounded-budget case
     /// (AUTHZ-006) SKIPs without it.
     pub budget_entries: Option<BudgetProbe>,
+    /// Makes the durable store's writes fail: the unrecordable-id case (AMO-036),
+    /// which also needs [`Self::durable_store`] and [`Self::restart`], SKIPs without
+    /// it.
+    pub store_fault: Option<StoreFault>,
 }
 
 impl Default for ServerOptions {
@@ -262,6 +279,7 @@ impl Default for ServerOptions {
             denied_call: None,
             audit_failing: false,
             budget_entries: None,
+            store_fault: None,
         }
     }
 }

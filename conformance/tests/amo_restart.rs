@@ -16,7 +16,7 @@ use toolwire_conformance::server::{self, Restarter, ServerOptions, ToolCall};
 use toolwire_conformance::{Report, Verdict};
 use toolwire_server::protocol::amo::AmoConfig;
 use toolwire_server::protocol::Identity;
-use toolwire_server::{BuildError, Limits, Server, Tool};
+use toolwire_server::{BuildError, Limits, Server, StoreWriteFault, Tool};
 
 fn assert_all_pass(report: &Report, ids: &[&str]) {
     for id in ids {
@@ -104,6 +104,8 @@ struct Restartable {
     audit_log: PathBuf,
     runs: Arc<AtomicU64>,
     slow_runs: Arc<AtomicU64>,
+    /// Makes the durable store's writes fail while on (AMO-036); kept across restarts.
+    store_fault: StoreWriteFault,
     /// The listener of the first start.
     first_listener: Mutex<Option<std::net::TcpListener>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -129,6 +131,7 @@ impl Restartable {
             dir,
             runs: Arc::new(AtomicU64::new(0)),
             slow_runs: Arc::new(AtomicU64::new(0)),
+            store_fault: StoreWriteFault::new(),
             first_listener: Mutex::new(Some(listener)),
             runtime: Mutex::new(None),
         })
@@ -162,7 +165,11 @@ impl Restartable {
                 },
             ));
         if let Some(store) = &self.store {
-            builder = builder.at_most_once_store(store.clone());
+            builder = builder
+                .at_most_once_store(store.clone())
+                .dangerous()
+                .at_most_once_store_write_fault_for_testing(self.store_fault.clone())
+                .done();
         }
         builder.build()
     }
@@ -270,6 +277,10 @@ impl Restartable {
         options.restart = Some(self.restarter());
         options.durable_store = self.store.clone();
         options.audit_log = Some(self.audit_log.clone());
+        let fault = self.store_fault.clone();
+        options.store_fault = Some(server::StoreFault(Arc::new(move |failing| {
+            fault.set_failing(failing)
+        })));
         options
     }
 }
@@ -303,13 +314,16 @@ async fn a_durable_server_keeps_its_promises_across_crashes() {
         &[
             "amo.durable.result-after-crash",
             "amo.durable.running-at-crash",
+            "amo.durable.unrecordable",
             "amo.durable.damaged-store",
             "aud.restart.continues-chain",
         ],
     );
-    // Each tool ran once per call the cases made: nothing ran again after a crash.
-    // counter: result-after-crash 1, damaged-store 1, audit 2; slow: running-at-crash 1.
-    assert_eq!(server.runs.load(Ordering::SeqCst), 4);
+    // Each tool ran once per call the cases made: nothing ran again after a crash,
+    // and the call refused while the store failed never ran. counter:
+    // result-after-crash 1, unrecordable 2 (before the fault, after the restart),
+    // damaged-store 1, audit 2; slow: running-at-crash 1.
+    assert_eq!(server.runs.load(Ordering::SeqCst), 6);
     assert_eq!(server.slow_runs.load(Ordering::SeqCst), 1);
 }
 
@@ -329,7 +343,7 @@ async fn a_server_restarted_without_its_store_fails_the_durable_case() {
         options.clone(),
     )
     .await;
-    assert_eq!(report.cases.len(), 3, "{}", report.summary());
+    assert_eq!(report.cases.len(), 4, "{}", report.summary());
     assert!(
         report
             .cases
@@ -339,7 +353,10 @@ async fn a_server_restarted_without_its_store_fails_the_durable_case() {
         report.summary()
     );
     options.durable_store = Some(server.dir.join("amo.redb"));
-    options.only = vec!["amo.durable.result-after-crash".to_owned()];
+    options.only = vec![
+        "amo.durable.result-after-crash".to_owned(),
+        "amo.durable.unrecordable".to_owned(),
+    ];
     let report = server::run(
         &server.url,
         server.identity.public_key(),
@@ -352,4 +369,13 @@ async fn a_server_restarted_without_its_store_fails_the_durable_case() {
         .expect("the case ran");
     assert_eq!(case.verdict, Verdict::Fail, "{case:?}");
     assert!(case.observed.contains("RESULT_UNAVAILABLE"), "{case:?}");
+    // Its store fault switch reaches nothing: the call made while it is on runs.
+    let case = report
+        .case("amo.durable.unrecordable")
+        .expect("the case ran");
+    assert_eq!(case.verdict, Verdict::Fail, "{case:?}");
+    assert!(
+        case.observed.starts_with("store failing: RESPONSE"),
+        "{case:?}"
+    );
 }

@@ -60,7 +60,8 @@ use crate::connection::Outcome;
 use redb::{Database, ReadableTable as _, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use toolwire_protocol::amo::{
@@ -146,13 +147,36 @@ impl SharedAtMostOnce {
 
     /// The table kept in the durable store at `path` (created when missing), restored
     /// from it within `config`'s bounds.
-    pub(crate) fn durable(path: &Path, config: AmoConfig) -> Result<Self, AmoStoreError> {
+    /// With `fault`, the store's writes fail while the fault is on
+    /// ([`StoreWriteFault`], testing only).
+    pub(crate) fn durable(
+        path: &Path,
+        config: AmoConfig,
+        fault: Option<&StoreWriteFault>,
+    ) -> Result<Self, AmoStoreError> {
         let database = |source: redb::Error| AmoStoreError::Database {
             path: path.to_owned(),
             reason: source.to_string(),
         };
         create_private(path).map_err(|error| database(error.into()))?;
-        let db = Database::create(path).map_err(|error| database(error.into()))?;
+        let db = match fault {
+            None => Database::create(path).map_err(|error| database(error.into()))?,
+            Some(fault) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|error| database(error.into()))?;
+                let backend = redb::backends::FileBackend::new(file)
+                    .map_err(|error| database(error.into()))?;
+                Database::builder()
+                    .create_with_backend(FaultyBackend {
+                        inner: backend,
+                        fault: fault.clone(),
+                    })
+                    .map_err(|error| database(error.into()))?
+            }
+        };
         Self::on_database(path, db, config)
     }
 
@@ -531,6 +555,74 @@ fn decode_lineage_key(bytes: &[u8]) -> Option<LineageKey> {
 
 /// Creates the store file, readable and writable by its owner only (it holds call
 /// results), when missing; an existing file is left as it is.
+/// A switch that makes the writes of a server's durable at-most-once store fail
+/// while it is on: a disk that fills up or goes away under a running server, for
+/// checking AMO-036 from outside (a REQUEST whose id cannot be recorded is refused
+/// UNAVAILABLE and not executed). Given to
+/// [`DangerousServerBuilder::at_most_once_store_write_fault_for_testing`](crate::DangerousServerBuilder::at_most_once_store_write_fault_for_testing);
+/// clones share the switch.
+///
+/// Switching it off does not revive a running server's store: after a failed
+/// write the database refuses every later transaction, so the server answers
+/// UNAVAILABLE until it is restarted (fail closed).
+#[derive(Clone, Debug, Default)]
+pub struct StoreWriteFault(Arc<AtomicBool>);
+
+impl StoreWriteFault {
+    /// A switch, off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Turns the fault on (every write and sync of the store fails) or off.
+    pub fn set_failing(&self, failing: bool) {
+        self.0.store(failing, Ordering::SeqCst);
+    }
+
+    /// Whether the store's writes fail now.
+    pub fn is_failing(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.is_failing() {
+            return Err(std::io::Error::other(
+                "store write fault switched on (testing)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A redb backend whose writes, resizes and syncs fail while its fault is on; reads
+/// go through.
+#[derive(Debug)]
+struct FaultyBackend<B> {
+    inner: B,
+    fault: StoreWriteFault,
+}
+
+impl<B: redb::StorageBackend> redb::StorageBackend for FaultyBackend<B> {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        self.inner.read(offset, len)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.fault.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+        self.fault.check()?;
+        self.inner.sync_data(eventual)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.fault.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
 fn create_private(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(false);
@@ -775,56 +867,16 @@ impl DurableStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use toolwire_protocol::Identity;
-
-    /// An in-memory redb backend whose writes fail while `failing` is set: a disk
-    /// that fills up or goes away under a running server.
-    #[derive(Debug)]
-    struct Flaky {
-        inner: redb::backends::InMemoryBackend,
-        failing: Arc<AtomicBool>,
-    }
-
-    impl Flaky {
-        fn check(&self) -> std::io::Result<()> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(std::io::Error::other("disk gone"));
-            }
-            Ok(())
-        }
-    }
-
-    impl redb::StorageBackend for Flaky {
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-            self.inner.read(offset, len)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.sync_data(eventual)
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.write(offset, data)
-        }
-    }
 
     /// AMO-035, AMO-036, AMO-037: when the store cannot write, no new id is admitted
     /// for execution (UNAVAILABLE, nothing runs), and an outcome is still answered.
     #[test]
     fn a_store_that_cannot_write_admits_nothing_but_still_answers() {
-        let failing = Arc::new(AtomicBool::new(false));
-        let backend = Flaky {
+        let failing = StoreWriteFault::new();
+        let backend = FaultyBackend {
             inner: redb::backends::InMemoryBackend::new(),
-            failing: failing.clone(),
+            fault: failing.clone(),
         };
         let db = Database::builder()
             .create_with_backend(backend)
@@ -836,7 +888,7 @@ mod tests {
         store.attach(&key, LineageOrigin::Fresh);
         assert_eq!(store.admit(&key, 1, false), Admission::Execute);
 
-        failing.store(true, Ordering::SeqCst);
+        failing.set_failing(true);
         assert_eq!(store.admit(&key, 2, false), Admission::Overloaded);
         assert!(!shared.state().table.is_in_flight(&key, 2));
         assert_eq!(store.admit(&key, 3, false), Admission::Overloaded);

@@ -212,6 +212,7 @@ impl Server {
             alert_sink: None,
             alert_thresholds: crate::alerts::AlertThresholds::default(),
             first_send: (0, 0),
+            amo_store_fault: None,
             #[cfg(feature = "__fault_injection")]
             faults: Vec::new(),
         }
@@ -341,6 +342,8 @@ pub struct ServerBuilder {
     /// Where every session's sending direction starts (sequence number, epoch):
     /// see [`DangerousServerBuilder::start_send_sequence_for_testing`].
     first_send: (u64, u32),
+    /// See [`DangerousServerBuilder::at_most_once_store_write_fault_for_testing`].
+    amo_store_fault: Option<crate::amo::StoreWriteFault>,
     #[cfg(feature = "__fault_injection")]
     faults: Vec<crate::fault::Fault>,
 }
@@ -541,9 +544,11 @@ impl ServerBuilder {
         }
         let catalog = Catalog::new(self.tools, &self.identity)?;
         let at_most_once = match &self.amo_store {
-            Some(path) => {
-                crate::amo::SharedAtMostOnce::durable(path, self.limits.at_most_once.clone())?
-            }
+            Some(path) => crate::amo::SharedAtMostOnce::durable(
+                path,
+                self.limits.at_most_once.clone(),
+                self.amo_store_fault.as_ref(),
+            )?,
             None => crate::amo::SharedAtMostOnce::new(self.limits.at_most_once.clone()),
         };
         let audit = match &self.audit {
@@ -615,6 +620,20 @@ pub struct DangerousServerBuilder {
 }
 
 impl DangerousServerBuilder {
+    /// Lets `fault` make the writes of the durable at-most-once store
+    /// ([`ServerBuilder::at_most_once_store`]) fail while it is switched on, so that a
+    /// conformance run can check AMO-036 from outside: while the store cannot record
+    /// an id, a REQUEST is refused UNAVAILABLE (14) and its tool does not run. For
+    /// testing only; it does nothing without a durable store. A production server
+    /// has no reason to hold such a switch.
+    pub fn at_most_once_store_write_fault_for_testing(
+        mut self,
+        fault: crate::amo::StoreWriteFault,
+    ) -> Self {
+        self.builder.amo_store_fault = Some(fault);
+        self
+    }
+
     /// Accepts REQUESTs without envelope signatures and sends RESPONSEs unsigned. The
     /// AEAD still authenticates every record, but the audit log loses proof of who
     /// asked and who answered.

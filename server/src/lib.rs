@@ -42,7 +42,7 @@ mod tool;
 
 pub use admission::{AdmissionRefusal, AdmissionRequest};
 pub use alerts::{Alert, AlertSink, AlertThresholds, LogAlertSink};
-pub use amo::AmoStoreError;
+pub use amo::{AmoStoreError, StoreWriteFault};
 pub use audit::{AuditLogError, AuditOptions, AuditStats, FsyncPolicy};
 pub use builder::{
     BuildError, DangerousServerBuilder, Limits, RateBudgetEntries, ReplaceToolError, Server,

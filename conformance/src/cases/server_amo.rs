@@ -12,6 +12,7 @@ use super::server::{
     answer, call_of, describe, encode_args, established, established_resuming, first_call,
     precondition, rpc_name,
 };
+use super::server_misc::run_count;
 use crate::peer::{Ending, Session};
 use crate::server::{ServerCase, ServerTarget, ToolCall};
 use crate::{Case, CaseResult, Verdict};
@@ -66,6 +67,12 @@ pub(super) fn cases() -> Vec<ServerCase> {
             clauses: &["AMO-036", "AMO-038"],
             description: "The server crashes while a slow call runs and is started again: the id, recorded before the call started, is answered RESULT_UNAVAILABLE (101) and never executed, sent with retry false and with retry true.",
             run: |target| Box::pin(running_at_crash(target)),
+        },
+        Case {
+            id: "amo.durable.unrecordable",
+            clauses: &["AMO-036"],
+            description: "While the durable store cannot be written (the operator's store fault is on), a REQUEST for a counting tool is refused UNAVAILABLE (14); with the fault off and the server restarted, the next call of the resumed lineage counts one run more than the call before the fault: the refused id never ran.",
+            run: |target| Box::pin(unrecordable(target)),
         },
         Case {
             id: "amo.durable.damaged-store",
@@ -588,7 +595,65 @@ async fn running_at_crash(target: Arc<ServerTarget>) -> CaseResult {
         format!("{}; {}", describe(&unflagged), describe(&flagged)),
     )
     .with_detail(
-        "AMO-036: checks that the id was durably recorded before its call started; its other half (a store that cannot record answers UNAVAILABLE) needs a failing store and is not provoked",
+        "AMO-036: checks that the id was durably recorded before its call started; amo.durable.unrecordable checks its other half (a store that cannot record answers UNAVAILABLE)",
+    )
+}
+
+async fn unrecordable(target: Arc<ServerTarget>) -> CaseResult {
+    if let Err(result) = durable(&target) {
+        return result;
+    }
+    let Some(fault) = target.options.store_fault.clone() else {
+        return CaseResult::skip(
+            "needs an operator switch that makes the durable store's writes fail (in process: StoreWriteFault; no command-line form)",
+        );
+    };
+    let (mut session, grant) = match established(&target).await {
+        Ok(established) => established,
+        Err(result) => return result,
+    };
+    let (request, first) = match first_call(&target, &mut session, &grant, 1).await {
+        Ok(call) => call,
+        Err(result) => return result,
+    };
+    let Some(before) = run_count(&first.result) else {
+        return CaseResult::skip(
+            "needs a call tool that counts its runs (a result that is a number, or an object with one number): the case tells a refused call that ran from one that did not by the count",
+        );
+    };
+    (fault.0)(true);
+    let refused_request = session.request(2, &request.tool, &request.args);
+    let refused = answer(&mut session, &refused_request).await;
+    (fault.0)(false);
+    let lineage = lineage_of(&session);
+    // A server may stay unavailable until it reopens its store (ours does): the
+    // count is read after a restart.
+    if let Err(result) = restarted(&target).await {
+        return result;
+    }
+    drop(session);
+    let (mut resumed, _) =
+        match established_resuming(&target, target.identity.clone(), Some(lineage)).await {
+            Ok(established) => established,
+            Err(result) => return result,
+        };
+    let after_request = resumed.request(3, &request.tool, &request.args);
+    let after = answer(&mut resumed, &after_request).await;
+    let after_count = result_of(&after).and_then(run_count);
+    let code = ErrorCode::UNAVAILABLE.0;
+    CaseResult::check(
+        is_error(&refused, code) && after_count == Some(before + 1),
+        format!(
+            "while the store cannot be written: ERROR {} (14); after the restart the next call counts run {}",
+            rpc_name(code),
+            before + 1
+        ),
+        format!(
+            "store failing: {}; after the restart: {}{}",
+            describe(&refused),
+            describe(&after),
+            after_count.map_or_else(String::new, |count| format!(", run {count}"))
+        ),
     )
 }
 

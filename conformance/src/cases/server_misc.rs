@@ -151,7 +151,7 @@ fn describe(answer: &Result<Message, Ending>) -> String {
 }
 
 /// The run count a counter returned: an integer, or an object with one integer field.
-fn run_count(result: &[u8]) -> Option<u64> {
+pub(super) fn run_count(result: &[u8]) -> Option<u64> {
     let value: serde_json::Value = rmp_serde::from_slice(result).ok()?;
     match &value {
         serde_json::Value::Number(number) => number.as_u64(),
