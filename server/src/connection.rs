@@ -144,8 +144,17 @@ struct ConnectionBudgets<'a> {
 impl RateBudgetCheck for ConnectionBudgets<'_> {
     fn check(&mut self, client: &IdentityKey, tool: &str, _now: Instant) -> Result<(), RetryAfter> {
         let clock = DefaultClock::default();
-        let wait =
-            |not_until: governor::NotUntil<_>| RetryAfter(not_until.wait_time_from(clock.now()));
+        // At least 1 ms: the clock is read again after the bucket refused the call,
+        // and on a busy machine that reading can already be past the refill time,
+        // which would tell the client to retry after 0 ms (AUTHZ-004 asks for the
+        // wait rounded up; the call did not fit when it was judged).
+        let wait = |not_until: governor::NotUntil<_>| {
+            RetryAfter(
+                not_until
+                    .wait_time_from(clock.now())
+                    .max(Duration::from_millis(1)),
+            )
+        };
         self.connection.check().map_err(wait)?;
         self.shared.sweep_if_due();
         self.shared.per_identity.check_key(client).map_err(wait)?;
