@@ -96,7 +96,9 @@ pub enum CallError {
         /// How the connection closed.
         code: CloseCode,
     },
-    /// The call's deadline passed on the client side (the server was sent CANCEL).
+    /// The call's deadline passed: on the client side (the server was sent CANCEL),
+    /// or on the server, which answered DEADLINE_EXCEEDED (4) to the deadline the
+    /// call carried.
     #[error("deadline exceeded")]
     DeadlineExceeded,
     /// The tool's definition changed since this session's grant; it is not callable

@@ -31,7 +31,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::Connector;
 use toolwire_protocol::manifest::ToolDescriptor;
 use toolwire_protocol::message::CapRequest;
-use toolwire_protocol::{ClientConfig, CloseCode, ConnectionLimits, Identity, IdentityKey};
+use toolwire_protocol::{
+    ClientConfig, CloseCode, ConnectionLimits, ErrorCode, Identity, IdentityKey,
+};
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -311,6 +313,7 @@ impl Session {
         options: CallOptions,
     ) -> Result<Vec<u8>, CallError> {
         let (reply, answer) = oneshot::channel();
+        let started = tokio::time::Instant::now();
         let guard = self.submit(tool, args, &options, Sink::Unary(reply))?;
         let outcome = match options.timeout {
             Some(timeout) => match tokio::time::timeout(timeout, answer).await {
@@ -320,7 +323,21 @@ impl Session {
             None => answer.await,
         };
         guard.disarm();
-        outcome.unwrap_or_else(|_| Err(self.closed_error()))
+        match outcome.unwrap_or_else(|_| Err(self.closed_error())) {
+            // The server enforces the deadline the call carried (MSG-012); on a busy
+            // client its answer can be read before the local timer fires: the same
+            // event, the same error, whichever side noticed first. (A tool's own
+            // DEADLINE_EXCEEDED, answered before the call's deadline, stays an Rpc.)
+            Err(CallError::Rpc { code, .. })
+                if code == ErrorCode::DEADLINE_EXCEEDED
+                    && options
+                        .timeout
+                        .is_some_and(|timeout| started.elapsed() >= timeout) =>
+            {
+                Err(CallError::DeadlineExceeded)
+            }
+            outcome => outcome,
+        }
     }
 
     /// Starts a streamed call: items arrive as the tool produces them, then the final

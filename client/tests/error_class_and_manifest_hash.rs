@@ -53,3 +53,38 @@ async fn the_manifest_hash_is_sha256_of_the_signed_bytes() {
         "stable while unchanged"
     );
 }
+
+/// A tool's own DEADLINE_EXCEEDED (a downstream timeout, say), answered long before
+/// the call's deadline, stays the server's answer: only the call's deadline passing
+/// is [`CallError::DeadlineExceeded`], whichever side noticed it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tools_own_deadline_error_is_not_the_calls_deadline() {
+    let harness = Harness::new().await;
+    let _server = harness
+        .start_server(limits(), |builder| {
+            builder.tool(toolwire_server::Tool::new(
+                "downstream",
+                "Fails at once: its backend timed out.",
+                serde_json::json!({"type": "object"}),
+                |_, _| async {
+                    Err(toolwire_server::ToolError::new(
+                        ErrorCode::DEADLINE_EXCEEDED,
+                        "the backend timed out",
+                    ))
+                },
+            ))
+        })
+        .await;
+    let session = harness.connect(harness.client()).await;
+    let outcome = session
+        .call_with(
+            "downstream",
+            &serde_json::json!({}),
+            toolwire_client::CallOptions::with_timeout(std::time::Duration::from_secs(30)),
+        )
+        .await;
+    match outcome {
+        Err(CallError::Rpc { code, .. }) => assert_eq!(code, ErrorCode::DEADLINE_EXCEEDED),
+        other => panic!("expected the tool's ERROR DEADLINE_EXCEEDED, got {other:?}"),
+    }
+}
