@@ -511,7 +511,9 @@ impl ServerBuilder {
     /// that completed before a restart is answered with its original result, and
     /// one that was running is answered RESULT_UNAVAILABLE, never executed twice. An id is durably recorded before its
     /// handler runs and an outcome durably stored before it is sent (fsync on every
-    /// commit); while the database cannot be written, calls are refused UNAVAILABLE.
+    /// commit); once a write to the database fails, calls are refused UNAVAILABLE
+    /// until the server is restarted (the database does not recover from an I/O
+    /// error in place).
     /// The file is created when missing; [`build`](Self::build) fails with
     /// [`BuildError::AtMostOnceStore`] when it cannot be opened or read (another
     /// server holding it, a damaged file). Without it, the table lives in memory only.
