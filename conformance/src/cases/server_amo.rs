@@ -210,6 +210,19 @@ async fn restarted(target: &ServerTarget) -> Result<(), CaseResult> {
         .map_err(|e| precondition(format!("the server did not start again: {e}")))
 }
 
+/// Restarts the server, then opens a session of the suite's identity resuming the
+/// lineage of `session` (closed once the server is down).
+async fn resumed_after_restart(
+    target: &ServerTarget,
+    session: Session,
+) -> Result<Session, CaseResult> {
+    let lineage = lineage_of(&session);
+    restarted(target).await?;
+    drop(session);
+    let (resumed, _) = established_resuming(target, target.identity.clone(), Some(lineage)).await?;
+    Ok(resumed)
+}
+
 // =====================================================================================
 // 14.2 A REQUEST waiting for the same id running elsewhere (AMO-011)
 // =====================================================================================
@@ -528,16 +541,10 @@ async fn result_after_crash(target: Arc<ServerTarget>) -> CaseResult {
         Ok(call) => call,
         Err(result) => return result,
     };
-    let lineage = lineage_of(&session);
-    if let Err(result) = restarted(&target).await {
-        return result;
-    }
-    drop(session);
-    let (mut resumed, _) =
-        match established_resuming(&target, target.identity.clone(), Some(lineage)).await {
-            Ok(established) => established,
-            Err(result) => return result,
-        };
+    let mut resumed = match resumed_after_restart(&target, session).await {
+        Ok(resumed) => resumed,
+        Err(result) => return result,
+    };
     let copy = retry_of(&resumed, &request, true);
     let outcome = answer(&mut resumed, &copy).await;
     CaseResult::check(
@@ -570,16 +577,10 @@ async fn running_at_crash(target: Arc<ServerTarget>) -> CaseResult {
     if let Err(result) = start_call(&mut session, &request).await {
         return result;
     }
-    let lineage = lineage_of(&session);
-    if let Err(result) = restarted(&target).await {
-        return result;
-    }
-    drop(session);
-    let (mut resumed, _) =
-        match established_resuming(&target, target.identity.clone(), Some(lineage)).await {
-            Ok(established) => established,
-            Err(result) => return result,
-        };
+    let mut resumed = match resumed_after_restart(&target, session).await {
+        Ok(resumed) => resumed,
+        Err(result) => return result,
+    };
     // `retry` false first: a server that lost the record would execute it.
     let copy = retry_of(&resumed, &request, false);
     let unflagged = answer(&mut resumed, &copy).await;
@@ -625,18 +626,12 @@ async fn unrecordable(target: Arc<ServerTarget>) -> CaseResult {
     let refused_request = session.request(2, &request.tool, &request.args);
     let refused = answer(&mut session, &refused_request).await;
     (fault.0)(false);
-    let lineage = lineage_of(&session);
     // A server may stay unavailable until it reopens its store (ours does): the
     // count is read after a restart.
-    if let Err(result) = restarted(&target).await {
-        return result;
-    }
-    drop(session);
-    let (mut resumed, _) =
-        match established_resuming(&target, target.identity.clone(), Some(lineage)).await {
-            Ok(established) => established,
-            Err(result) => return result,
-        };
+    let mut resumed = match resumed_after_restart(&target, session).await {
+        Ok(resumed) => resumed,
+        Err(result) => return result,
+    };
     let after_request = resumed.request(3, &request.tool, &request.args);
     let after = answer(&mut resumed, &after_request).await;
     let after_count = result_of(&after).and_then(run_count);
